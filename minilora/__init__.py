@@ -1,0 +1,20 @@
+"""minilora: LoRA (Hu et al., ICLR 2022) on a small GPT-2-style transformer, in NumPy + autograd.
+
+The stable public API:
+
+    GPTConfig, init_params(config, seed), forward(params, tokens, config, lora=None, lora_config=None, *, rng=None)
+    LoraConfig, init_lora(config, lora_config, seed), merge(params, lora, lora_config),
+    unmerge(params, lora, lora_config), count_params(tree)
+"""
+
+from . import backend
+from .config import PRESETS, GPTConfig
+from .lora import LoraConfig, count_params, delta_weight, init_lora, merge, paper_param_count, unmerge
+from .model import forward, init_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GPTConfig", "PRESETS", "LoraConfig", "init_params", "forward", "init_lora", "merge", "unmerge",
+    "count_params", "delta_weight", "paper_param_count", "__version__",
+]

@@ -1,0 +1,89 @@
+"""GPTConfig: the shape of the transformer, one field per architectural choice."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 256
+    """Number of token ids. 256 = one per byte: the byte-level tokenizer needs no vocabulary file."""
+    context: int = 128
+    """Longest sequence the model reads; it sizes the learned position table wpe (context, d_model)."""
+    d_model: int = 128
+    """Width of the residual stream; every adapted matrix is d_model wide on at least one side."""
+    n_layer: int = 4
+    """Number of transformer blocks (L in the paper's parameter formula)."""
+    n_head: int = 4
+    """Attention heads; each has d_model / n_head dimensions. W_q, W_k, W_v stay single (d, d) matrices, as in
+    the paper, and are split into heads only inside attention."""
+    d_mlp: int = 0
+    """Hidden width of the MLP; 0 means 4 · d_model, GPT-2's ratio."""
+    ln_eps: float = 1e-5
+    """LayerNorm epsilon, GPT-2's value; matters when comparing against transformers to 1e-5."""
+
+    def __post_init__(self):
+        for name in ("vocab_size", "context", "d_model", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
+        if isinstance(self.d_mlp, bool) or not isinstance(self.d_mlp, int) or self.d_mlp < 0:
+            raise ValueError(f"GPTConfig.d_mlp must be an int >= 0 (0 = 4 * d_model), got {self.d_mlp!r}")
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"GPTConfig.d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
+            )
+        if not isinstance(self.ln_eps, (int, float)) or not self.ln_eps > 0:
+            raise ValueError(f"GPTConfig.ln_eps must be a positive float, got {self.ln_eps!r}")
+        if self.d_mlp == 0:
+            object.__setattr__(self, "d_mlp", 4 * self.d_model)
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_head
+
+    def matrix_shape(self, name: str) -> tuple[int, int]:
+        """(d_out, d_in) of an adaptable matrix of one block."""
+        d, m = self.d_model, self.d_mlp
+        shapes = {"wq": (d, d), "wk": (d, d), "wv": (d, d), "wo": (d, d), "mlp_in": (m, d), "mlp_out": (d, m)}
+        if name not in shapes:
+            raise ValueError(f"matrix name must be one of {sorted(shapes)}, got {name!r}")
+        return shapes[name]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GPTConfig":
+        if not isinstance(data, dict):
+            raise TypeError(f"GPTConfig.from_dict needs a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"GPTConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def preset(cls, name: str) -> "GPTConfig":
+        """A named configuration; see PRESETS."""
+        if name not in PRESETS:
+            raise ValueError(f"preset name must be one of {sorted(PRESETS)}, got {name!r}")
+        return PRESETS[name]
+
+
+PRESETS = {
+    # Gradient checks and unit tests: every shape distinct enough to catch a transposed matrix, tiny enough for
+    # float64 finite differences over all parameters.
+    "tiny": GPTConfig(vocab_size=256, context=16, d_model=16, n_layer=2, n_head=2, d_mlp=24),
+    # The shipped base checkpoint (minilora/assets/base.safetensors): byte-level, 0.83M parameters, 3.3 MB.
+    "base": GPTConfig(vocab_size=256, context=128, d_model=128, n_layer=4, n_head=4),
+    # The configuration the benchmark times (issue 2): same widths as base, 64-token context.
+    "bench": GPTConfig(vocab_size=256, context=64, d_model=128, n_layer=4, n_head=4),
+    # GPT-2 small's shapes (124M parameters): for reading HF GPT-2 weights, never trained here.
+    "gpt2": GPTConfig(vocab_size=50257, context=1024, d_model=768, n_layer=12, n_head=12),
+    # GPT-3 175B's shapes (d_model 12288, 96 layers): for parameter counts only. init_lora works on it because
+    # it allocates A and B alone; init_params would need 700 GB.
+    "gpt3-175b": GPTConfig(vocab_size=50257, context=2048, d_model=12288, n_layer=96, n_head=96),
+}

@@ -1,0 +1,29 @@
+"""Embedding lookup: row ids of a table. Differentiable in the table only (ids are integers)."""
+
+from autograd.extend import defvjp_argnums, primitive
+
+from ..backend import array_module
+
+
+@primitive
+def embedding(ids, table):
+    """ids (...) integer, table (n, d) -> (..., d)."""
+    return table[ids]  # (..., d)
+
+
+def _embedding_vjp(argnums, y, args, kwargs):
+    ids, table = args
+    if argnums != (1,):
+        raise NotImplementedError("embedding is differentiable in the table only")
+
+    def vjp(g):  # g (..., d)
+        xp = array_module(g)
+        d = table.shape[1]
+        grad = xp.zeros(table.shape, dtype=g.dtype)  # (n, d)
+        xp.add.at(grad, ids.reshape(-1), g.reshape(-1, d))  # rows used twice accumulate both gradients
+        return (grad,)
+
+    return vjp
+
+
+defvjp_argnums(embedding, _embedding_vjp)
