@@ -1,0 +1,142 @@
+"""Offline text: the pretraining corpus, assembled at run time from text that ships with Python itself.
+
+Sources (PSF-licensed, installed with every CPython, nothing downloaded):
+  * ``pydoc_data.topics``: the language reference topics that ``help()`` shows;
+  * docstrings of standard-library modules (functions, classes and methods), split into paragraphs.
+
+Docstrings of the modules used by the downstream task (``tasks.DOC_MODULES``) are left out entirely, and any
+paragraph equal to one of the task's paragraphs is dropped, so no fine-tuning example is seen in pretraining.
+The text differs a little between Python versions: ``corpus_info()`` records the version, size and SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import io
+import sys
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from functools import lru_cache
+
+import numpy as np
+
+from .tokenizer import encode
+
+# Standard-library modules whose docstrings join the pretraining corpus. Pure-Python, present on 3.10-3.12 and
+# importable without side effects or a display. Missing ones are skipped (and listed in corpus_info()).
+CORPUS_MODULES = (
+    "abc", "argparse", "ast", "base64", "bisect", "bz2", "calendar", "cmd", "collections", "colorsys",
+    "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "dis", "email", "enum",
+    "filecmp", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext", "glob", "gzip", "hashlib",
+    "heapq", "hmac", "html", "http", "imaplib", "io", "ipaddress", "itertools", "locale", "lzma", "mailbox",
+    "mimetypes", "netrc", "operator", "optparse", "os", "pathlib", "pickle", "platform", "plistlib", "poplib",
+    "pprint", "queue", "quopri", "random", "re", "reprlib", "sched", "secrets", "selectors", "shelve", "shlex",
+    "shutil", "smtplib", "socket", "socketserver", "string", "struct", "subprocess", "symtable", "tarfile",
+    "tempfile", "textwrap", "threading", "timeit", "token", "tokenize", "trace", "traceback", "types",
+    "urllib", "uuid", "warnings", "wave", "weakref", "xml", "zipfile", "zipimport", "zoneinfo",
+)
+
+
+def _quiet_import(name):
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            return importlib.import_module(name)
+        except Exception:  # a module this Python lacks or cannot import here
+            return None
+
+
+def docstring_paragraphs(module_name: str, min_chars: int = 40) -> list[str]:
+    """Paragraphs of the docstrings of a module, its public classes and functions, and their methods.
+
+    Only objects defined in the module itself (or its submodules) count. Whitespace is normalised to single
+    spaces; order is the module's own definition order, so the result is deterministic for a Python version.
+    """
+    module = _quiet_import(module_name)
+    if module is None:
+        return []
+    root = module_name.split(".")[0]
+    seen, out = set(), []
+
+    def visit(obj, depth):
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        doc = obj.__doc__ if isinstance(getattr(obj, "__doc__", None), str) else None
+        if doc:
+            for para in inspect.cleandoc(doc).split("\n\n"):
+                para = " ".join(para.split())
+                if len(para) >= min_chars:
+                    out.append(para)
+        if depth < 2 and (inspect.isclass(obj) or inspect.ismodule(obj)):
+            for name, value in list(vars(obj).items()):
+                if name.startswith("_") or inspect.ismodule(value):
+                    continue
+                if isinstance(value, (staticmethod, classmethod)):
+                    value = value.__func__
+                owner = getattr(value, "__module__", None) or ""
+                if (inspect.isclass(value) or inspect.isroutine(value)) and owner.split(".")[0] == root:
+                    visit(value, depth + 1)
+
+    visit(module, 0)
+    return out
+
+
+@lru_cache(maxsize=1)
+def _corpus() -> tuple[str, tuple[str, ...]]:
+    from .tasks import DOC_MODULES, doc_task_paragraphs
+
+    import pydoc_data.topics
+
+    held_out = set(doc_task_paragraphs())
+    parts = [pydoc_data.topics.topics[key].strip() for key in sorted(pydoc_data.topics.topics)]
+    missing = []
+    for name in CORPUS_MODULES:
+        if name in DOC_MODULES:
+            continue
+        paragraphs = docstring_paragraphs(name)
+        if not paragraphs:
+            missing.append(name)
+        parts.extend(p for p in paragraphs if p not in held_out)
+    return "\n\n".join(parts) + "\n", tuple(missing)
+
+
+def pretraining_text() -> str:
+    """The whole pretraining corpus as one string (about 0.9 MB)."""
+    return _corpus()[0]
+
+
+def corpus_info() -> dict:
+    """Where the corpus came from and what it was, to record next to a checkpoint."""
+    text, missing = _corpus()
+    raw = text.encode("utf-8")
+    return {
+        "sources": "pydoc_data.topics + standard-library docstrings (PSF license, shipped with CPython)",
+        "python_version": ".".join(map(str, sys.version_info[:3])),
+        "n_bytes": len(raw),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "modules_without_text": list(missing),
+    }
+
+
+def split_tokens(tokens: np.ndarray, held_out_fraction: float = 0.05):
+    """(train, held_out): the last fraction of the token stream is held out (no overlap, deterministic)."""
+    n_held = max(1, int(len(tokens) * held_out_fraction))
+    return tokens[:-n_held], tokens[-n_held:]
+
+
+def pretraining_tokens(held_out_fraction: float = 0.05):
+    """(train, held_out) int32 token streams of the corpus."""
+    return split_tokens(encode(pretraining_text()), held_out_fraction)
+
+
+def sample_windows(tokens: np.ndarray, batch_size: int, length: int, rng: np.random.Generator):
+    """A batch of random windows: x (batch, length) and y = x shifted by one (next-token targets)."""
+    if len(tokens) < length + 1:
+        raise ValueError(f"token stream of {len(tokens)} is shorter than a window of {length + 1}")
+    starts = rng.integers(0, len(tokens) - length - 1, size=batch_size)
+    idx = starts[:, None] + np.arange(length + 1)[None, :]  # (batch, length + 1)
+    window = tokens[idx]
+    return window[:, :-1], window[:, 1:]  # (batch, length) each

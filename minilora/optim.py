@@ -1,0 +1,74 @@
+"""AdamW over parameter trees, a warm-up + cosine learning-rate schedule, and global-norm gradient clipping.
+
+State is a plain tree too ({"step", "m", "v"}), so it is saved and resumed like any other checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .tree import map_leaves
+
+
+@dataclass(frozen=True)
+class AdamW:
+    lr: float = 1e-3
+    """Peak learning rate (reached after warm-up)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    """Decoupled weight decay (Loshchilov & Hutter), applied to matrices only: never to biases or LayerNorm."""
+
+    def init(self, params) -> dict:
+        zeros = lambda a: np.zeros_like(a)  # noqa: E731
+        return {"step": 0, "m": map_leaves(zeros, params), "v": map_leaves(zeros, params)}
+
+    def update(self, params, grads, state, lr: float):
+        """One step: returns (new params, new state). Nothing is modified in place."""
+        step = state["step"] + 1
+        b1, b2 = self.betas
+        c1, c2 = 1.0 - b1**step, 1.0 - b2**step
+
+        def one(p, g, m, v):
+            m = b1 * m + (1.0 - b1) * g
+            v = b2 * v + (1.0 - b2) * (g * g)
+            update = (m / c1) / (np.sqrt(v / c2) + self.eps)
+            if self.weight_decay and p.ndim >= 2:
+                update = update + self.weight_decay * p
+            return (p - lr * update).astype(p.dtype), m, v
+
+        triples = map_leaves(one, params, grads, state["m"], state["v"])
+        return _pick(triples, 0), {"step": step, "m": _pick(triples, 1), "v": _pick(triples, 2)}
+
+
+def _pick(tree, i):
+    """From a tree whose leaves are tuples, the tree of their i-th elements."""
+    if isinstance(tree, dict):
+        return {k: _pick(v, i) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_pick(v, i) for v in tree]
+    return tree[i]
+
+
+def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.1) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to ``min_ratio · peak`` at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def global_norm(grads) -> float:
+    return math.sqrt(sum(float(np.vdot(g, g)) for g in map_leaves(lambda a: a, grads, collect=True)))
+
+
+def clip_by_global_norm(grads, max_norm: float):
+    """Scale all gradients together so their global L2 norm is at most max_norm. Returns (grads, norm)."""
+    norm = global_norm(grads)
+    if max_norm and norm > max_norm:
+        factor = max_norm / (norm + 1e-12)
+        grads = map_leaves(lambda g: (g * factor).astype(g.dtype), grads)
+    return grads, norm

@@ -1,0 +1,70 @@
+"""Figures shared by the tour and the notebooks (matplotlib, saved as PNG; no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path):
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        tmp.replace(path)  # atomic: a reader never sees half a PNG
+    return fig
+
+
+def training_curves(results: dict, metric: str, path=None, smooth: int = 10):
+    """Left: training loss per step (moving average); right: the held-out metric at each evaluation.
+
+    results: {label: TrainResult}.
+    """
+    import numpy as np
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, res in results.items():
+        loss = np.array([h["loss"] for h in res.history])
+        k = min(smooth, len(loss))
+        avg = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax1.plot(np.arange(k, len(loss) + 1), avg, label=label)
+        ax2.plot([e["step"] for e in res.evals], [e[metric] for e in res.evals], marker="o", label=label)
+    ax1.set(xlabel="step", ylabel=f"training loss ({smooth}-step mean)", title="Training loss")
+    ax2.set(xlabel="step", ylabel=metric, title=f"Held-out {metric}")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def param_bars(rows: list[tuple[str, int]], path=None, title="Trainable parameters"):
+    """Horizontal bars on a log scale: [(label, count), ...]."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    labels = [r[0] for r in rows]
+    counts = [r[1] for r in rows]
+    ax.barh(labels, counts, color="tab:blue")
+    ax.set_xscale("log")
+    for i, c in enumerate(counts):
+        ax.text(c, i, f" {c:,}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="parameters (log scale)", title=title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def singular_values(series: dict, path=None, title="Singular values"):
+    """{label: 1-D array of singular values} on a log scale."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, s in series.items():
+        ax.semilogy(range(1, len(s) + 1), s, marker=".", label=label)
+    ax.set(xlabel="index", ylabel="singular value", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
