@@ -1,0 +1,80 @@
+"""The paper's Section 7 analyses: subspace similarity between adapters, and how ΔW relates to W.
+
+Everything here takes plain arrays and returns plain numbers, so it works on any adapter (minilora's, or A and B
+read from PEFT/PyTorch), with W stored (d_out, d_in) and A (r, d_in).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def right_singular_vectors(A) -> np.ndarray:
+    """Rows of Vh in A = U Σ Vh, in order of decreasing singular value: (min(r, d_in), d_in)."""
+    A = np.asarray(A, dtype=np.float64)
+    if A.ndim != 2:
+        raise ValueError(f"A must be a 2-D (r, d_in) matrix, got shape {A.shape}")
+    return np.linalg.svd(A, full_matrices=False)[2]  # (r, d_in)
+
+
+def subspace_similarity(A1, A2, i: int, j: int) -> float:
+    """φ(A1, A2, i, j) = ‖U1^{i⊤} U2^{j}‖²_F / min(i, j) ∈ [0, 1] (Section 7.2).
+
+    U^i: the top-i right-singular vectors of A. 1 means the smaller subspace lies inside the larger one; 0 means
+    they are orthogonal.
+    """
+    V1, V2 = right_singular_vectors(A1), right_singular_vectors(A2)
+    if V1.shape[1] != V2.shape[1]:
+        raise ValueError(f"A1 and A2 must have the same d_in, got {V1.shape[1]} and {V2.shape[1]}")
+    for name, k, V in (("i", i, V1), ("j", j, V2)):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= V.shape[0]:
+            raise ValueError(f"{name} must be an int in [1, {V.shape[0]}], got {k!r}")
+    overlap = V1[:i] @ V2[:j].T  # (i, j)
+    return float((overlap**2).sum() / min(i, j))
+
+
+def subspace_similarity_grid(A1, A2, max_i: int | None = None, max_j: int | None = None) -> np.ndarray:
+    """(max_i, max_j) array of φ(A1, A2, i, j) for i = 1..max_i, j = 1..max_j (a Figure 3 heatmap)."""
+    V1, V2 = right_singular_vectors(A1), right_singular_vectors(A2)
+    max_i = V1.shape[0] if max_i is None else max_i
+    max_j = V2.shape[0] if max_j is None else max_j
+    sq = (V1[:max_i] @ V2[:max_j].T) ** 2  # (max_i, max_j)
+    cum = sq.cumsum(axis=0).cumsum(axis=1)  # cum[i-1, j-1] = ‖U1^{i⊤} U2^{j}‖²_F
+    mins = np.minimum.outer(np.arange(1, max_i + 1), np.arange(1, max_j + 1))
+    return cum / mins
+
+
+def top_singular_directions(M, r: int):
+    """U (d_out, r) and Vh (r, d_in): the top-r left and right singular vectors of M."""
+    U, _, Vh = np.linalg.svd(np.asarray(M, dtype=np.float64), full_matrices=False)
+    return U[:, :r], Vh[:r]
+
+
+def projection_norm(W, U, Vh) -> float:
+    """‖Uᵀ W Vhᵀ‖_F: how much of W lies in the subspace spanned by U (left) and Vh (right)."""
+    return float(np.linalg.norm(U.T @ np.asarray(W, dtype=np.float64) @ Vh.T))
+
+
+def delta_w_vs_w(W, delta, r: int, seed: int = 0) -> dict:
+    """Section 7.3 / Table 7: project W onto the top-r directions of ΔW, of W itself, and of a random matrix.
+
+    Returns ‖Uᵀ W Vᵀ‖_F for each, ‖W‖_F, ‖ΔW‖_F and the amplification factor ‖ΔW‖_F / ‖Uᵀ W Vᵀ‖_F (ΔW's
+    directions). A small projection onto ΔW's directions with a large amplification means ΔW amplifies
+    directions W itself does not emphasise.
+    """
+    W = np.asarray(W, dtype=np.float64)
+    delta = np.asarray(delta, dtype=np.float64)
+    if W.shape != delta.shape:
+        raise ValueError(f"W and delta must have the same shape, got {W.shape} and {delta.shape}")
+    rng = np.random.default_rng(seed)
+    random_U, _ = np.linalg.qr(rng.standard_normal((W.shape[0], r)))  # (d_out, r) orthonormal
+    random_V, _ = np.linalg.qr(rng.standard_normal((W.shape[1], r)))  # (d_in, r) orthonormal
+    on_delta = projection_norm(W, *top_singular_directions(delta, r))
+    return {
+        "delta": on_delta,
+        "W": projection_norm(W, *top_singular_directions(W, r)),
+        "random": projection_norm(W, random_U, random_V.T),
+        "norm_W": float(np.linalg.norm(W)),
+        "norm_delta": float(np.linalg.norm(delta)),
+        "amplification": float(np.linalg.norm(delta) / on_delta) if on_delta > 0 else float("inf"),
+    }
