@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -11,6 +12,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+# Thread counts change the order of BLAS reductions, so a bit-exact rerun needs the same settings.
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _base(args):
@@ -60,6 +65,7 @@ def cmd_pretrain(args):
         "minilora_version": __version__,
         "numpy_version": np.__version__,
         "python_version": platform.python_version(),
+        "environment": {k: os.environ[k] for k in THREAD_VARS if k in os.environ},
     }
     out = save_params(args.out, result.trainable, config, record)
     atomic_write_json(Path(args.out).with_suffix(".json"), record)

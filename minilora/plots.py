@@ -1,13 +1,13 @@
-"""Figures shared by the tour and the notebooks (matplotlib, saved as PNG; no display needed)."""
+"""Figures shared by the tour and the notebooks (matplotlib; saved as PNG when given a path).
+
+The backend is the caller's choice: the tour selects Agg (files only), a notebook keeps its inline backend.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def _save(fig, path):

@@ -30,6 +30,9 @@ def _table(rows, header):
 
 
 def run_tour(out_dir="tour-output", steps: int | None = None, quick: bool = False, seed: int = 0) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: the tour never opens a window
     from .backend import tune_malloc
     from .checkpoint import BASE_CHECKPOINT, atomic_write_json, load_base, read_record, save_adapter, save_params
     from .config import GPTConfig
