@@ -1,0 +1,385 @@
+"""Every primitive of minilora.ops against a plain autograd.numpy composition, finite differences, and itself.
+
+For each primitive (and variant) the checks are:
+  * forward == the straightforward autograd.numpy reference (float64);
+  * the hand-derived VJP == autograd's differentiation of the reference, for every subset of the
+    differentiable arguments (each alone, each pair, all together), with a random cotangent;
+  * the VJP == central finite differences along random directions (float64);
+  * the VJP maker, asked for some arguments, returns exactly that many gradients, equal to the ones it gives
+    when asked for all; asked for a non-differentiable argument, it raises NotImplementedError;
+  * float32 in -> float32 out and float32 gradients;
+  * inputs (and the cotangent) are never written to: every array is made read-only first.
+
+Shapes are small and pairwise distinct so that a transposed matrix cannot pass: B=2, T=5, d_in=6, d_out=7, r=3,
+attention width 8 with 2 heads, vocabulary 11, embedding table 13 rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import autograd
+import autograd.numpy as anp
+import numpy as np
+import pytest
+from autograd.core import primitive_vjps
+
+from minilora.ops import causal_attention, cross_entropy, embedding, gelu, layer_norm, linear, lora_delta
+
+try:
+    from gradcheck import directional_check
+except ImportError:  # tests/ imported as a package
+    from tests.gradcheck import directional_check
+
+B, T, D_IN, D_OUT, R, D_ATT, N_HEAD, V, N_EMB = 2, 5, 6, 7, 3, 8, 2, 11, 13
+SCALE = 0.7
+EPS_LN = 1e-5
+
+
+# ---- plain autograd.numpy references -----------------------------------------------------------------------
+
+
+def ref_linear(x, W, b=None):
+    y = anp.matmul(x, anp.transpose(W))
+    return y if b is None else y + b
+
+
+def ref_lora_delta(x, A, Bm, scale, keep=None):
+    xd = x if keep is None else x * keep
+    return scale * anp.matmul(anp.matmul(xd, anp.transpose(A)), anp.transpose(Bm))
+
+
+def ref_causal_attention(q, k, v, n_head):
+    b, t, d = q.shape
+    dh = d // n_head
+
+    def split(a):
+        return anp.transpose(anp.reshape(a, (b, t, n_head, dh)), (0, 2, 1, 3))
+
+    qh, kh, vh = split(q), split(k), split(v)
+    s = anp.matmul(qh, anp.transpose(kh, (0, 1, 3, 2))) / math.sqrt(dh)
+    allowed = np.tril(np.ones((t, t), dtype=bool))
+    s = anp.where(allowed, s, -anp.inf)
+    s = s - anp.max(s, axis=-1, keepdims=True)
+    e = anp.exp(s)
+    p = e / anp.sum(e, axis=-1, keepdims=True)
+    o = anp.matmul(p, vh)
+    return anp.reshape(anp.transpose(o, (0, 2, 1, 3)), (b, t, d))
+
+
+def ref_layer_norm(x, gamma, beta, eps=1e-5):
+    mu = anp.mean(x, axis=-1, keepdims=True)
+    var = anp.mean((x - mu) ** 2, axis=-1, keepdims=True)
+    return (x - mu) / anp.sqrt(var + eps) * gamma + beta
+
+
+def ref_gelu(x):
+    return 0.5 * x * (1.0 + anp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def ref_embedding(ids, table):
+    return table[ids]
+
+
+def ref_log_softmax(z):
+    m = anp.max(z, axis=-1, keepdims=True)
+    return z - m - anp.log(anp.sum(anp.exp(z - m), axis=-1, keepdims=True))
+
+
+def ref_cross_entropy(logits, targets, weights=None):
+    logp = ref_log_softmax(logits)
+    if targets.ndim == logits.ndim:
+        nll = -anp.sum(targets * logp, axis=-1)
+    else:
+        onehot = np.eye(logits.shape[-1])[targets]
+        nll = -anp.sum(onehot * logp, axis=-1)
+    if weights is None:
+        return anp.mean(nll)
+    return anp.sum(weights * nll) / anp.sum(weights)
+
+
+# ---- the cases ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    name: str
+    prim: object
+    ref: object
+    make: object  # rng -> tuple of positional args (float64 arrays, ints, Python scalars)
+    diff: tuple  # differentiable positions
+    nondiff: tuple = field(default_factory=tuple)  # positions whose VJP must raise NotImplementedError
+
+
+def _x(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+def _keep(rng):
+    p = 0.4
+    return (rng.random((B, T, D_IN)) >= p) / (1.0 - p)
+
+
+def _probs(rng):
+    z = rng.standard_normal((B, T, V))
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _weights(rng):
+    w = rng.random((B, T))
+    w[0, 1] = 0.0  # a position that does not count
+    w[1, 4] = 0.0
+    return w
+
+
+CASES = [
+    Case("linear_bias", linear, ref_linear,
+         lambda rng: (_x(rng, B, T, D_IN), _x(rng, D_OUT, D_IN), _x(rng, D_OUT)), (0, 1, 2)),
+    Case("linear_nobias", linear, ref_linear,
+         lambda rng: (_x(rng, B, T, D_IN), _x(rng, D_OUT, D_IN)), (0, 1)),
+    Case("lora_delta", lora_delta, ref_lora_delta,
+         lambda rng: (_x(rng, B, T, D_IN), _x(rng, R, D_IN), _x(rng, D_OUT, R), SCALE), (0, 1, 2), (3,)),
+    Case("lora_delta_keep", lora_delta, ref_lora_delta,
+         lambda rng: (_x(rng, B, T, D_IN), _x(rng, R, D_IN), _x(rng, D_OUT, R), SCALE, _keep(rng)),
+         (0, 1, 2), (3, 4)),
+    Case("causal_attention", causal_attention, ref_causal_attention,
+         lambda rng: (_x(rng, B, T, D_ATT), _x(rng, B, T, D_ATT), _x(rng, B, T, D_ATT), N_HEAD), (0, 1, 2), (3,)),
+    Case("layer_norm", layer_norm, ref_layer_norm,
+         lambda rng: (_x(rng, B, T, D_IN) * 3 + 1, 1 + 0.5 * _x(rng, D_IN), _x(rng, D_IN), EPS_LN), (0, 1, 2), (3,)),
+    Case("gelu", gelu, ref_gelu, lambda rng: (2 * _x(rng, B, T, D_IN),), (0,)),
+    Case("embedding", embedding, ref_embedding,
+         lambda rng: (rng.integers(0, 4, size=(B, T)), _x(rng, N_EMB, D_IN)), (1,), (0,)),  # ids repeat
+    Case("cross_entropy_int", cross_entropy, ref_cross_entropy,
+         lambda rng: (2 * _x(rng, B, T, V), rng.integers(0, V, size=(B, T))), (0,), (1,)),
+    Case("cross_entropy_weights", cross_entropy, ref_cross_entropy,
+         lambda rng: (2 * _x(rng, B, T, V), rng.integers(0, V, size=(B, T)), _weights(rng)), (0,), (1, 2)),
+    Case("cross_entropy_soft", cross_entropy, ref_cross_entropy,
+         lambda rng: (2 * _x(rng, B, T, V), _probs(rng)), (0,), (1,)),
+]
+CASE_IDS = [c.name for c in CASES]
+
+
+def _readonly(args):
+    for a in args:
+        if isinstance(a, np.ndarray):
+            a.setflags(write=False)
+    return args
+
+
+def _args(case, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    args = case.make(rng)
+    args = tuple(a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args)
+    return _readonly(args)
+
+
+def _cotangent(out, seed=1):
+    R_ = np.random.default_rng(seed).standard_normal(np.shape(out)).astype(np.asarray(out).dtype)
+    R_.setflags(write=False)
+    return R_
+
+
+def _subsets(diff):
+    return [s for k in range(1, len(diff) + 1) for s in itertools.combinations(diff, k)]
+
+
+def _loss_fn(fn, R_):
+    return lambda *args: anp.sum(fn(*args) * R_)
+
+
+# ---- forward ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_forward_matches_reference(case):
+    args = _args(case)
+    out, ref = case.prim(*args), case.ref(*args)
+    assert np.shape(out) == np.shape(ref)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-14)
+
+
+# ---- VJP vs autograd on the reference ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_vjp_matches_autograd_of_reference(case):
+    args = _args(case)
+    R_ = _cotangent(case.ref(*args))
+    for argnums in _subsets(case.diff):
+        got = autograd.grad(_loss_fn(case.prim, R_), argnum=argnums)(*args)
+        want = autograd.grad(_loss_fn(case.ref, R_), argnum=argnums)(*args)
+        assert len(got) == len(argnums)
+        for i, g, w in zip(argnums, got, want):
+            assert np.shape(g) == np.shape(args[i]), (argnums, i)
+            scale = np.max(np.abs(w))
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12 * scale, err_msg=f"argnums={argnums} arg {i}")
+
+
+# ---- VJP vs finite differences -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_vjp_matches_finite_differences(case):
+    args = _args(case)
+    R_ = _cotangent(case.prim(*args))
+    loss = _loss_fn(case.prim, R_)
+    diff = case.diff
+    grads = autograd.grad(loss, argnum=diff)(*args)
+
+    def f(xs):
+        full = list(args)
+        for i, xi in zip(diff, xs):
+            full[i] = xi
+        return loss(*full)
+
+    directional_check(f, tuple(args[i] for i in diff), tuple(grads), np.random.default_rng(2), n_dirs=3,
+                      eps=1e-6, rtol=1e-6, atol=1e-9)
+    # and one argument at a time (a wrong gradient for one argument cannot hide behind a right one for another)
+    rng = np.random.default_rng(3)
+    for j, i in enumerate(diff):
+        def f1(xi, i=i):
+            full = list(args)
+            full[i] = xi
+            return loss(*full)
+
+        directional_check(f1, args[i], grads[j], rng, n_dirs=2, eps=1e-6, rtol=1e-6, atol=1e-9)
+
+
+# ---- the VJP maker computes only what is traced --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_vjp_maker_returns_only_traced_gradients(case):
+    args = _args(case)
+    ans = case.prim(*args)
+    g = _cotangent(ans)
+    maker = primitive_vjps[case.prim]
+    full = tuple(maker(case.diff, ans, args, {})(g))
+    assert len(full) == len(case.diff)
+    for argnums in _subsets(case.diff):
+        grads = tuple(maker(argnums, ans, args, {})(g))
+        assert len(grads) == len(argnums), f"asked for {argnums}, got {len(grads)} gradients"
+        for i, gi in zip(argnums, grads):
+            np.testing.assert_allclose(gi, full[case.diff.index(i)], rtol=1e-14, atol=0,
+                                       err_msg=f"argnums={argnums} arg {i}")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.nondiff], ids=[c.name for c in CASES if c.nondiff])
+def test_vjp_maker_refuses_nondifferentiable_arguments(case):
+    args = _args(case)
+    ans = case.prim(*args)
+    g = _cotangent(ans)
+    maker = primitive_vjps[case.prim]
+    for i in case.nondiff:
+        with pytest.raises(NotImplementedError):
+            tuple(maker((i,), ans, args, {})(g))
+
+
+def test_linear_x_only_with_readonly_weights():
+    rng = np.random.default_rng(4)
+    x, W, b = _x(rng, B, T, D_IN), _x(rng, D_OUT, D_IN), _x(rng, D_OUT)
+    W.setflags(write=False)
+    b.setflags(write=False)
+    R_ = _cotangent(ref_linear(x, W, b))
+    got = autograd.grad(lambda x_: anp.sum(linear(x_, W, b) * R_))(x)
+    np.testing.assert_allclose(got, (R_.reshape(-1, D_OUT) @ W).reshape(x.shape), rtol=1e-12)
+    ans = linear(x, W, b)
+    grads = tuple(primitive_vjps[linear]((0,), ans, (x, W, b), {})(R_))
+    assert len(grads) == 1 and grads[0].shape == x.shape
+    np.testing.assert_allclose(grads[0], got, rtol=1e-14)
+
+
+# ---- keyword arguments reach the VJP -------------------------------------------------------------------------
+
+
+def test_keyword_arguments_reach_the_vjp():
+    rng = np.random.default_rng(5)
+    # layer_norm with a large eps given by keyword: a VJP that ignored it would use 1e-5
+    x, gm, bt = _x(rng, B, T, D_IN) * 0.05, 1 + _x(rng, D_IN), _x(rng, D_IN)
+    R_ = _cotangent(x)
+    for fn, ref in ((lambda x_, g_: layer_norm(x_, g_, bt, eps=0.1), lambda x_, g_: ref_layer_norm(x_, g_, bt, 0.1)),):
+        np.testing.assert_allclose(fn(x, gm), ref(x, gm), rtol=1e-12)
+        for got, want in zip(autograd.grad(_loss_fn(fn, R_), argnum=(0, 1))(x, gm),
+                             autograd.grad(_loss_fn(ref, R_), argnum=(0, 1))(x, gm)):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+    # linear with b by keyword
+    W, b = _x(rng, D_OUT, D_IN), _x(rng, D_OUT)
+    x = _x(rng, B, T, D_IN)
+    R_ = _cotangent(ref_linear(x, W, b))
+    np.testing.assert_allclose(linear(x, W, b=b), ref_linear(x, W, b), rtol=1e-12)
+    got = autograd.grad(lambda x_, W_: anp.sum(linear(x_, W_, b=b) * R_), argnum=(0, 1))(x, W)
+    want = autograd.grad(lambda x_, W_: anp.sum(ref_linear(x_, W_, b) * R_), argnum=(0, 1))(x, W)
+    for g_, w_ in zip(got, want):
+        np.testing.assert_allclose(g_, w_, rtol=1e-10, atol=1e-13)
+    # lora_delta with keep by keyword
+    A, Bm, keep = _x(rng, R, D_IN), _x(rng, D_OUT, R), _keep(rng)
+    R_ = _cotangent(ref_linear(x, W))
+    got = autograd.grad(lambda x_, A_, B_: anp.sum(lora_delta(x_, A_, B_, SCALE, keep=keep) * R_),
+                        argnum=(0, 1, 2))(x, A, Bm)
+    want = autograd.grad(lambda x_, A_, B_: anp.sum(ref_lora_delta(x_, A_, B_, SCALE, keep) * R_),
+                         argnum=(0, 1, 2))(x, A, Bm)
+    for g_, w_ in zip(got, want):
+        np.testing.assert_allclose(g_, w_, rtol=1e-10, atol=1e-13)
+    # cross_entropy with weights by keyword
+    logits, targets, w = 2 * _x(rng, B, T, V), rng.integers(0, V, size=(B, T)), _weights(rng)
+    np.testing.assert_allclose(cross_entropy(logits, targets, weights=w), ref_cross_entropy(logits, targets, w),
+                               rtol=1e-12)
+    got = autograd.grad(lambda z: cross_entropy(z, targets, weights=w))(logits)
+    want = autograd.grad(lambda z: ref_cross_entropy(z, targets, w))(logits)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
+
+
+# ---- float32 stays float32 -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_float32_in_float32_out(case):
+    args32 = _args(case, dtype=np.float32)
+    args64 = _args(case)
+    out = case.prim(*args32)
+    assert np.asarray(out).dtype == np.float32, f"forward returned {np.asarray(out).dtype}"
+    np.testing.assert_allclose(out, case.prim(*args64), rtol=2e-4, atol=2e-5)
+    R_ = _cotangent(out)
+    assert R_.dtype == np.float32
+    grads = autograd.grad(_loss_fn(case.prim, R_), argnum=case.diff)(*args32)
+    grads64 = autograd.grad(_loss_fn(case.prim, R_.astype(np.float64)), argnum=case.diff)(*args64)
+    for i, g, g64 in zip(case.diff, grads, grads64):
+        assert np.asarray(g).dtype == np.float32, f"gradient of arg {i} is {np.asarray(g).dtype}"
+        np.testing.assert_allclose(g, g64, rtol=1e-3, atol=1e-4 * np.max(np.abs(g64)))
+    maker_grads = tuple(primitive_vjps[case.prim](case.diff, out, args32, {})(R_))
+    for i, g in zip(case.diff, maker_grads):
+        assert np.asarray(g).dtype == np.float32, f"VJP maker's gradient of arg {i} is {np.asarray(g).dtype}"
+
+
+# ---- a few semantic spot checks ------------------------------------------------------------------------------
+
+
+def test_attention_is_causal():
+    """Changing the last position's keys and values changes no earlier output."""
+    rng = np.random.default_rng(6)
+    q, k, v = (_x(rng, B, T, D_ATT) for _ in range(3))
+    out = causal_attention(q, k, v, N_HEAD)
+    k2, v2 = k.copy(), v.copy()
+    k2[:, -1] += 10.0
+    v2[:, -1] -= 10.0
+    out2 = causal_attention(q, k2, v2, N_HEAD)
+    np.testing.assert_array_equal(out[:, :-1], out2[:, :-1])
+    assert not np.allclose(out[:, -1], out2[:, -1])
+
+
+def test_embedding_gradient_accumulates_repeated_rows():
+    ids = np.array([[1, 1, 3, 1, 0]])
+    table = np.random.default_rng(7).standard_normal((N_EMB, D_IN))
+    g = np.ones((1, 5, D_IN))
+    (grad,) = primitive_vjps[embedding]((1,), embedding(ids, table), (ids, table), {})(g)
+    np.testing.assert_array_equal(grad[:, 0], [1, 3, 0, 1] + [0] * (N_EMB - 4))
+
+
+def test_cross_entropy_weights_must_have_positive_sum():
+    logits = np.zeros((B, T, V))
+    targets = np.zeros((B, T), dtype=np.int64)
+    with pytest.raises(ValueError, match="weights"):
+        cross_entropy(logits, targets, np.zeros((B, T)))
