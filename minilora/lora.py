@@ -42,8 +42,9 @@ class LoraConfig:
     def __post_init__(self):
         if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r <= 0:
             raise ValueError(f"LoraConfig.r must be a positive int, got {self.r!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
-            raise ValueError(f"LoraConfig.alpha must be a positive number, got {self.alpha!r}")
+        if (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float, np.floating, np.integer))
+                or not 0 < self.alpha < math.inf):
+            raise ValueError(f"LoraConfig.alpha must be a positive finite number, got {self.alpha!r}")
         targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
         if not targets:
             raise ValueError(f"LoraConfig.targets must name at least one of {TARGETS}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from autograd.tracer import getval
 
 from .config import GPTConfig
 from .lora import LoraConfig, lora_linear
 from .ops import causal_attention, embedding, gelu, layer_norm, linear
+from .tree import plain
 
 BLOCK_MATRICES = ("wq", "wk", "wv", "wo", "mlp_in", "mlp_out")
 
@@ -61,7 +61,7 @@ def forward(params, tokens, config: GPTConfig, lora=None, lora_config: LoraConfi
     """
     from .validate import check_lora, check_params, check_tokens
 
-    check_params(getval(params), config)  # getval: the plain tree under autograd's boxes, when traced
+    check_params(plain(params), config)  # plain(): the arrays under autograd's boxes, when traced
     tokens = check_tokens(tokens, config)
     adapters = [{}] * config.n_layer
     scale = 0.0
@@ -69,9 +69,11 @@ def forward(params, tokens, config: GPTConfig, lora=None, lora_config: LoraConfi
     if lora is not None:
         if lora_config is None:
             raise TypeError("forward: 'lora_config' is required when 'lora' is given (it holds r, alpha, targets)")
-        check_lora(getval(lora), lora_config, getval(params))
+        check_lora(plain(lora), lora_config, plain(params))
         adapters, scale = lora["blocks"], lora_config.scale
         keep_p = 1.0 - lora_config.dropout
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)) or None, got {type(rng).__name__}")
     dropout = None if rng is None or keep_p == 1.0 else (rng, keep_p)
 
     B, T = tokens.shape

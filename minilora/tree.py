@@ -23,6 +23,22 @@ def map_leaves(fn, tree, *others, collect=False):
     return out if collect else result
 
 
+def plain(tree):
+    """The tree with every autograd box removed, at any depth (for checks on shapes, never for arithmetic).
+
+    autograd boxes whatever is being differentiated: the whole tree, or any subtree (params["blocks"] only, say),
+    so a box can sit at any level.
+    """
+    from autograd.tracer import getval
+
+    node = getval(tree)
+    if isinstance(node, dict):
+        return {k: plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(plain(v) for v in node)
+    return node
+
+
 def flatten(tree, prefix: str = "") -> dict:
     """{"blocks.0.wq.W": array, ...}: dotted paths, list indices as numbers. The order is the tree's order."""
     flat = {}

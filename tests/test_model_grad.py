@@ -231,9 +231,6 @@ def test_full_gradient_matches_finite_differences():
 # ---- differentiating a part of the tree ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: forward validates getval(params), which still holds autograd's "
-                   "SequenceBox when only params['blocks'] is traced, so check_params rejects the tree "
-                   "('keys do not match the config ... unexpected [blocks]')")
 def test_gradient_wrt_the_blocks_subtree_only():
     frozen = {k: v for k, v in PARAMS.items() if k != "blocks"}
 
@@ -245,8 +242,6 @@ def test_gradient_wrt_the_blocks_subtree_only():
     _assert_trees_close(got, want, rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: check_lora requires lora['blocks'] to be a list/tuple, so tracing "
-                   "only the adapter's block list (a SequenceBox) raises TypeError 'lora must be a dict'")
 def test_gradient_wrt_the_adapter_block_list_only():
     def f(blocks):
         return loss_lora({"blocks": blocks})

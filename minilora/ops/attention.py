@@ -28,6 +28,8 @@ def causal_mask(T, dtype, xp):
     key = (T, str(dtype), xp.__name__)
     if key not in _MASKS:
         mask = xp.triu(xp.full((T, T), -xp.inf, dtype=dtype), k=1)  # (T, T)
+        if hasattr(mask, "flags") and hasattr(mask.flags, "writeable"):
+            mask.flags.writeable = False  # shared by every call: nobody may change it
         _MASKS[key] = mask
     return _MASKS[key]
 

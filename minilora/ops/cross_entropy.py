@@ -24,7 +24,8 @@ def cross_entropy(logits, targets, weights=None):
     """Mean of -log p(target) over positions, weighted.
 
     logits (B, T, V); targets (B, T) integer token ids, or (B, T, V) probabilities (soft targets, as in
-    distillation); weights (B, T) or None (every position counts). Returns a 0-d array of logits' dtype.
+    distillation; each row must sum to 1, which the gradient softmax - targets assumes); weights (B, T) or
+    None (every position counts). Returns a scalar of logits' dtype.
     """
     xp = array_module(logits)
     logp = _log_softmax(logits)  # (B, T, V)
