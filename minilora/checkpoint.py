@@ -36,6 +36,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0o600; a saved file gets the mode open() would give it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -48,6 +49,16 @@ def atomic_write_bytes(path, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def _file_mode(path: Path) -> int:
+    """The existing file's mode when overwriting, else 0o666 minus the umask (what open(path, "wb") gives)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_json(path, obj) -> Path:
@@ -69,17 +80,18 @@ def read_safetensors(path) -> tuple[dict, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"path {str(path)!r} is not a file")
     raw = path.read_bytes()
-    for sign, what in _PICKLE_SIGNS.items():
-        if raw.startswith(sign):
-            raise ValueError(
-                f"{path} is {what}; loading it would need pickle, which minilora never uses. "
-                "Convert it to safetensors first (safetensors.torch.save_file)."
-            )
-    if len(raw) < 8:
-        raise ValueError(f"{path} is truncated or not a safetensors file ({len(raw)} bytes)")
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    if header_len > len(raw) - 8 or raw[8:9] != b"{":
-        raise ValueError(f"{path} is truncated or not a safetensors file (bad header)")
+    # A safetensors file starts with its header's length (u64, little-endian) and then the JSON header. Only a
+    # file that is not shaped like that is examined for what else it might be (a pickle's first byte, 0x80,
+    # is also a legal first byte of a header length).
+    header_len = struct.unpack("<Q", raw[:8])[0] if len(raw) >= 8 else None
+    if header_len is None or header_len > len(raw) - 8 or raw[8:9] != b"{":
+        for sign, what in _PICKLE_SIGNS.items():
+            if raw.startswith(sign):
+                raise ValueError(
+                    f"{path} is {what}; loading it would need pickle, which minilora never uses. "
+                    "Convert it to safetensors first (safetensors.torch.save_file)."
+                )
+        raise ValueError(f"{path} is truncated or not a safetensors file (no valid header in {len(raw)} bytes)")
     try:
         header = json.loads(raw[8:8 + header_len])
         arrays = safetensors.numpy.load(raw)
@@ -111,6 +123,14 @@ def _read_minilora(path, kind: str) -> tuple[dict, dict]:
     return arrays, info
 
 
+def _check_file_arrays(arrays: dict, expected: dict, what: str) -> None:
+    """check_flat for a file: every problem with a file's contents is a ValueError (a bad file, not a bad call)."""
+    try:
+        check_flat(arrays, expected, what)
+    except TypeError as err:
+        raise ValueError(str(err)) from None
+
+
 # ---- base parameters ------------------------------------------------------------------------------------
 
 def save_params(path, params, config: GPTConfig, record: dict | None = None) -> Path:
@@ -126,7 +146,7 @@ def load_params(path, config: GPTConfig | None = None) -> tuple[dict, GPTConfig]
     file_config = GPTConfig.from_dict(info["config"])
     if config is not None and config != file_config:
         raise ValueError(f"{path} was saved with {file_config}, which differs from the config given: {config}")
-    check_flat(arrays, expected_param_shapes(file_config), f"params in {path}")
+    _check_file_arrays(arrays, expected_param_shapes(file_config), f"params in {path}")
     return unflatten(arrays), file_config
 
 
@@ -152,7 +172,7 @@ def load_adapter(path, config: GPTConfig) -> tuple[dict, LoraConfig]:
     saved_for = GPTConfig.from_dict(info["config"])
     if saved_for != config:
         raise ValueError(f"adapter {path} was trained for {saved_for}, not for this base model {config}")
-    check_flat(arrays, expected_lora_shapes(config, lora_config), f"adapter {path}")
+    _check_file_arrays(arrays, expected_lora_shapes(config, lora_config), f"adapter {path}")
     return unflatten(arrays, n_blocks=config.n_layer), lora_config
 
 

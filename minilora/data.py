@@ -5,7 +5,8 @@ Sources (PSF-licensed, installed with every CPython, nothing downloaded):
   * docstrings of standard-library modules (functions, classes and methods), split into paragraphs.
 
 Docstrings of the modules used by the downstream task (``tasks.DOC_MODULES``) are left out entirely, and any
-paragraph equal to one of the task's paragraphs is dropped, so no fine-tuning example is seen in pretraining.
+paragraph that contains text the task shows the model, or that is part of a task module's docstrings, is
+dropped: no fine-tuning input, train or held-out, is seen in pretraining.
 The text differs a little between Python versions: ``corpus_info()`` records the version, size and SHA-256.
 """
 
@@ -84,14 +85,40 @@ def docstring_paragraphs(module_name: str, min_chars: int = 40) -> list[str]:
     return out
 
 
+def _overlaps_task(parts: list[str], task_paragraphs: list[str], shown: list[str]) -> list[bool]:
+    """For each corpus part: does it contain a text the task shows the model, or lie inside a task paragraph?"""
+    sep = "\x00"
+    blob = sep.join(parts)
+    starts, pos = [], 0
+    for part in parts:
+        starts.append(pos)
+        pos += len(part) + 1
+    hit = [False] * len(parts)
+    for text in set(shown):  # where each shown text occurs in the corpus
+        at = blob.find(text)
+        while at != -1:
+            i = max(0, _bisect_right(starts, at) - 1)
+            hit[i] = True
+            at = blob.find(text, at + 1)
+    task_blob = sep.join(task_paragraphs)
+    return [h or part in task_blob for h, part in zip(hit, parts)]
+
+
+def _bisect_right(a, x):
+    import bisect
+
+    return bisect.bisect_right(a, x)
+
+
 @lru_cache(maxsize=1)
-def _corpus() -> tuple[str, tuple[str, ...]]:
-    from .tasks import DOC_MODULES, doc_task_paragraphs
+def _corpus() -> tuple[str, tuple[str, ...], int]:
+    from .tasks import DOC_MODULES, _doc_examples, doc_task_paragraphs
 
     import pydoc_data.topics
 
-    held_out = set(doc_task_paragraphs())
-    parts = [pydoc_data.topics.topics[key].strip() for key in sorted(pydoc_data.topics.topics)]
+    parts = []
+    for key in sorted(pydoc_data.topics.topics):
+        parts.extend(p.strip() for p in pydoc_data.topics.topics[key].split("\n\n") if p.strip())
     missing = []
     for name in CORPUS_MODULES:
         if name in DOC_MODULES:
@@ -99,8 +126,12 @@ def _corpus() -> tuple[str, tuple[str, ...]]:
         paragraphs = docstring_paragraphs(name)
         if not paragraphs:
             missing.append(name)
-        parts.extend(p for p in paragraphs if p not in held_out)
-    return "\n\n".join(parts) + "\n", tuple(missing)
+        parts.extend(paragraphs)
+    # Keep the downstream task out: drop every part that contains text the task shows the model, or that is
+    # itself a piece of one of the task modules' docstrings.
+    drop = _overlaps_task(parts, doc_task_paragraphs(), [text for text, _ in _doc_examples()])
+    kept = [p for p, d in zip(parts, drop) if not d]
+    return "\n\n".join(kept) + "\n", tuple(missing), len(parts) - len(kept)
 
 
 def pretraining_text() -> str:
@@ -110,7 +141,7 @@ def pretraining_text() -> str:
 
 def corpus_info() -> dict:
     """Where the corpus came from and what it was, to record next to a checkpoint."""
-    text, missing = _corpus()
+    text, missing, n_dropped = _corpus()
     raw = text.encode("utf-8")
     return {
         "sources": "pydoc_data.topics + standard-library docstrings (PSF license, shipped with CPython)",
@@ -118,6 +149,7 @@ def corpus_info() -> dict:
         "n_bytes": len(raw),
         "sha256": hashlib.sha256(raw).hexdigest(),
         "modules_without_text": list(missing),
+        "paragraphs_dropped_for_overlap_with_the_task": n_dropped,
     }
 
 

@@ -40,31 +40,39 @@ def _split_bucket(text: str) -> int:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) % 100
 
 
+def shown_text(paragraph: str) -> str:
+    """What the model reads of a paragraph: its first DOC_CHARS characters. Splits and de-duplication use this,
+    since two paragraphs that start alike are the same example to the model."""
+    return paragraph[:DOC_CHARS]
+
+
 @lru_cache(maxsize=1)
 def _doc_examples() -> tuple[tuple[str, str], ...]:
+    """(shown text, module) pairs: unique shown texts of one module only (ambiguous ones are dropped)."""
     from .data import docstring_paragraphs
 
-    by_text: dict[str, set[str]] = {}
+    modules_of: dict[str, set[str]] = {}
     for name in DOC_MODULES:
         for para in docstring_paragraphs(name):
-            by_text.setdefault(para, set()).add(name)
+            modules_of.setdefault(shown_text(para), set()).add(name)
     examples = []
     for name in DOC_MODULES:
-        texts = sorted({t for t, mods in by_text.items() if mods == {name}},  # ambiguous paragraphs dropped
+        texts = sorted((t for t, mods in modules_of.items() if mods == {name}),
                        key=lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest())
         examples.extend((t, name) for t in texts[:MAX_PER_MODULE])
     return tuple(examples)
 
 
 def doc_task_paragraphs() -> list[str]:
-    """Every paragraph the downstream task uses (train and eval): kept out of the pretraining corpus."""
+    """Every paragraph of the task's modules (used or not): none of it may reach the pretraining corpus."""
     from .data import docstring_paragraphs
 
     return [p for name in DOC_MODULES for p in docstring_paragraphs(name)]
 
 
 class DocModuleTask:
-    """Name the standard-library module a docstring paragraph comes from. 80/20 train/eval split by hash."""
+    """Name the standard-library module a docstring paragraph comes from. 80/20 train/eval split by a hash of
+    the text the model is shown, so no input is in both splits."""
 
     name = "docmodule"
 
@@ -89,7 +97,7 @@ class DocModuleTask:
         w = np.zeros((n, T), np.float32)
         answer_at = np.zeros(n, np.int64)
         for i, (text, label) in enumerate(examples):
-            prompt = encode(text[:DOC_CHARS] + PROMPT)
+            prompt = encode(text + PROMPT)
             answer = encode(label + "\n")
             seq = np.concatenate([prompt, answer])  # (L,)
             if len(seq) > T + 1:

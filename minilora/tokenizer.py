@@ -17,6 +17,8 @@ def encode(text: str) -> np.ndarray:
 def decode(ids) -> str:
     """Token ids -> str. Byte sequences that are not valid UTF-8 (a cut multi-byte character) become U+FFFD."""
     ids = np.asarray(ids)
+    if ids.size == 0:
+        return ""  # np.asarray([]) is float64: an empty sequence is fine whatever its dtype
     if ids.dtype.kind not in "iu":
         raise TypeError(f"ids must be integers, got dtype {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() >= VOCAB_SIZE):

@@ -67,6 +67,9 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (1 if name in ("steps", "batch_size") else 0):
                 raise ValueError(f"TrainConfig.{name} must be an int >= {1 if name in ('steps', 'batch_size') else 0}, got {v!r}")
+            object.__setattr__(self, name, int(v))  # numpy ints become ints: the config is saved as JSON
+        for name in ("lr", "weight_decay", "clip"):
+            object.__setattr__(self, name, float(getattr(self, name)))
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be positive, got {self.lr!r}")
         if self.weight_decay < 0 or self.clip < 0:
@@ -125,9 +128,12 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
     meta = {"method": method, "train_config": asdict(train_config), "config": config.to_dict(),
             "lora_config": lora_config.to_dict() if lora_config else None, "task": getattr(task, "name", "?")}
 
+    saved_at = [opt_state["step"]] if resume is not None else []  # steps whose state is on disk
+
     def save(step_done):
         if checkpoint is not None:
             save_train_state(checkpoint, trainable, opt_state, {**meta, "history": history, "evals": evals})
+            saved_at.append(step_done)
 
     start = opt_state["step"]
     end = train_config.steps if stop_after is None else min(train_config.steps, stop_after)
@@ -142,7 +148,8 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
         loss = float(loss)
         grads, norm = clip_by_global_norm(grads, train_config.clip)
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            where = f"; the last good state is in {checkpoint}" if checkpoint is not None and step > 0 else ""
+            where = (f"; the last good state (after step {saved_at[-1]}) is in {checkpoint}"
+                     if checkpoint is not None and saved_at else "; no checkpoint was saved")
             raise TrainingDiverged(
                 f"step {step}: the loss is {loss} and the gradient norm {norm}; stopped before updating{where}. "
                 "Lower the learning rate or check the data."
