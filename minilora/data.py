@@ -81,7 +81,9 @@ def docstring_paragraphs(module_name: str, min_chars: int = 40) -> list[str]:
                 if (inspect.isclass(value) or inspect.isroutine(value)) and owner.split(".")[0] == root:
                     visit(value, depth + 1)
 
-    visit(module, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reading some attributes warns (typing.io, typing.re)
+        visit(module, 0)
     return out
 
 

@@ -120,13 +120,15 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
     optimizer = AdamW(lr=train_config.lr, weight_decay=train_config.weight_decay)
     opt_state = optimizer.init(trainable)
     history, evals = [], []
-    if resume is not None:
-        trainable, opt_state, meta = load_train_state(resume, n_blocks=config.n_layer)
-        if meta.get("method") != method or meta.get("train_config") != asdict(train_config):
-            raise ValueError(f"resume: {resume} was saved by a different run (method or TrainConfig differ)")
-        history, evals = meta.get("history", []), meta.get("evals", [])
     meta = {"method": method, "train_config": asdict(train_config), "config": config.to_dict(),
             "lora_config": lora_config.to_dict() if lora_config else None, "task": getattr(task, "name", "?")}
+    if resume is not None:
+        trainable, opt_state, saved = load_train_state(resume, n_blocks=config.n_layer)
+        differ = [k for k in meta if saved.get(k) != meta[k]]
+        if differ:
+            raise ValueError(f"resume: {resume} was saved by a different run: {', '.join(differ)} differ "
+                             "(a resumed run must continue the same configuration)")
+        history, evals = saved.get("history", []), saved.get("evals", [])
 
     saved_at = [opt_state["step"]] if resume is not None else []  # steps whose state is on disk
 
