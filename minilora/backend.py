@@ -1,9 +1,12 @@
 """The array module that minilora computes with.
 
 Every hot op is written against an array module ``xp`` that has NumPy's API: NumPy by default, CuPy when the
-GPU backend is selected. Primitives never import numpy for their arithmetic; they ask ``array_module(x)`` for
-the module that owns their input, so the same code runs wherever the data lives. New arrays (initialisation,
-masks) are created with ``get_xp()``, the module chosen with ``use()``.
+data lives on a GPU. Primitives never import numpy for their arithmetic; they ask ``array_module(x)`` for the
+module that owns their input, so the same code runs wherever the data lives. ``use("cupy")`` registers CuPy
+arrays with autograd and makes ``get_xp()`` return CuPy.
+
+Status: initialisation (init_params, init_lora) and LoRA dropout masks still create NumPy arrays, and the CuPy
+path has not yet been run on a GPU; on the CPU everything here is NumPy.
 """
 
 from __future__ import annotations

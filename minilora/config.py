@@ -77,7 +77,7 @@ PRESETS = {
     # Gradient checks and unit tests: every shape distinct enough to catch a transposed matrix, tiny enough for
     # float64 finite differences over all parameters.
     "tiny": GPTConfig(vocab_size=256, context=16, d_model=16, n_layer=2, n_head=2, d_mlp=24),
-    # The shipped base checkpoint (minilora/assets/base.safetensors): byte-level, 0.83M parameters, 3.3 MB.
+    # The shipped base checkpoint (minilora/assets/base.safetensors): byte-level, 842,496 parameters, 3.4 MB.
     "base": GPTConfig(vocab_size=256, context=128, d_model=128, n_layer=4, n_head=4),
     # The configuration the benchmark times (issue 2): same widths as base, 64-token context.
     "bench": GPTConfig(vocab_size=256, context=64, d_model=128, n_layer=4, n_head=4),

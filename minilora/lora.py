@@ -1,4 +1,5 @@
-"""LoRA: a frozen W plus a trainable low-rank update, h = W x + (α/r) B A x (Hu et al., 2022, eq. 3).
+"""LoRA: a frozen W plus a trainable low-rank update, h = W x + (α/r) B A x (Hu et al., 2022: eq. 3 with the
+scale α/r of Section 4.1).
 
 A is (r, d_in) and starts random; B is (d_out, r) and starts at zero, so ΔW = B A = 0 and the adapted model
 begins exactly at the base model. merge() folds s·B A into W for inference with no extra latency; unmerge()
@@ -26,7 +27,8 @@ class LoraConfig:
     r: int = 8
     """Rank of ΔW = B A. The paper finds r = 1 already works on W_q, W_v (Table 6)."""
     alpha: float = 8.0
-    """Numerator of the scale s = α/r. Fixing α while varying r keeps the update size comparable across ranks."""
+    """Numerator of the scale s = α/r. The paper sets α to the first r it tries and does not tune it: tuning α
+    is roughly tuning the learning rate, and α/r reduces the need to retune when r changes (Section 4.1)."""
     targets: tuple[str, ...] = ("wq", "wv")
     """Which matrices of each block get an adapter: the paper's main experiments adapt W_q and W_v."""
     dropout: float = 0.0
@@ -150,7 +152,7 @@ def _check_seed(seed):
 
 
 def lora_linear(x, layer: dict, adapter: dict | None, scale: float, keep=None):
-    """h = W x + b + s · B A x: the paper's eq. (3) for one matrix. x (..., d_in) -> (..., d_out)."""
+    """h = W x + b + s · B A x: the paper's eq. (3), scaled as in Section 4.1. x (..., d_in) -> (..., d_out)."""
     h = linear(x, layer["W"], layer["b"])  # (..., d_out): the frozen path
     if adapter is not None:
         h = h + lora_delta(x, adapter["A"], adapter["B"], scale, keep)  # (..., d_out): the low-rank path

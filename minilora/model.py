@@ -16,7 +16,7 @@ BLOCK_MATRICES = ("wq", "wk", "wv", "wo", "mlp_in", "mlp_out")
 
 def init_params(config: GPTConfig, seed: int, dtype=np.float32) -> dict:
     """GPT-2 initialisation: N(0, 0.02) weights, N(0, 0.02/√(2L)) for the two residual projections (wo,
-    mlp_out), zero biases, LayerNorm γ = 1, β = 0.
+    mlp_out), N(0, 0.01) positions, zero biases, LayerNorm γ = 1, β = 0.
 
     {"wte": (V, d), "wpe": (context, d),
      "blocks": [{"ln1": {"g", "b"}, "wq"|"wk"|"wv"|"wo"|"mlp_in"|"mlp_out": {"W": (d_out, d_in), "b": (d_out,)},

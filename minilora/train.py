@@ -107,6 +107,8 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
     """
     from .backend import tune_malloc
     from .checkpoint import load_train_state, save_train_state
+    from .tree import flatten
+    from .validate import check_flat, expected_lora_shapes, expected_param_shapes
 
     tune_malloc()
     if method not in ("lora", "full"):
@@ -128,6 +130,9 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
         if differ:
             raise ValueError(f"resume: {resume} was saved by a different run: {', '.join(differ)} differ "
                              "(a resumed run must continue the same configuration)")
+        expected = (expected_lora_shapes(config, lora_config) if method == "lora" else expected_param_shapes(config))
+        for part, tree in (("parameters", trainable), ("m", opt_state["m"]), ("v", opt_state["v"])):
+            check_flat(flatten(tree), expected, f"resume: {part} in {resume}")
         history, evals = saved.get("history", []), saved.get("evals", [])
 
     saved_at = [opt_state["step"]] if resume is not None else []  # steps whose state is on disk

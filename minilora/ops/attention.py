@@ -55,13 +55,14 @@ def causal_attention(q, k, v, n_head):
 
 def _attention_vjp(argnums, out, args, kwargs):
     q, k, v, n_head = args
-    qh, kh, vh = (_split_heads(t, n_head) for t in (q, k, v))
-    # P is recomputed here instead of stored by the forward (as FlashAttention does): the forward stays a pure
-    # function of its inputs, and the (B, H, T, T) matrix lives only while its gradient is being formed.
-    p = _probs(qh, kh)  # (B, H, T, T)
-    c = 1.0 / math.sqrt(qh.shape[-1])
+    c = 1.0 / math.sqrt(q.shape[-1] // n_head)
 
     def vjp(g):  # g (B, T, d)
+        qh, kh, vh = (_split_heads(t, n_head) for t in (q, k, v))  # (B, H, T, d_h) each: views, no copies
+        # P is recomputed here, in the backward pass, rather than kept from the forward (as FlashAttention does):
+        # autograd builds this closure during the forward, so anything computed outside it would stay alive
+        # through the whole forward. This way the (B, H, T, T) matrix exists only while its gradient is formed.
+        p = _probs(qh, kh)  # (B, H, T, T)
         gh = _split_heads(g, n_head)  # (B, H, T, d_h)
         gs = None
         if 0 in argnums or 1 in argnums:  # dS = P ⊙ (dP - rowsum(dP ⊙ P)), dP = dO V^T

@@ -30,16 +30,20 @@ def gelu(x):
 
 
 def _gelu_vjp(y, x):
-    t = _tanh_inner(x)
-    # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t²) c (1 + 3·0.044715 x²)
-    inner = x * x
-    inner *= 3 * 0.044715 * _C
-    inner += _C
-    inner *= x
-    inner *= 1.0 - t * t
-    inner += 1.0 + t
-    inner *= 0.5
-    return lambda g: g * inner  # (...)
+    def vjp(g):  # g (...); the derivative is formed in the backward pass, not kept from the forward
+        t = _tanh_inner(x)
+        # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t²) c (1 + 3·0.044715 x²)
+        dydx = x * x
+        dydx *= 3 * 0.044715 * _C
+        dydx += _C
+        dydx *= x
+        dydx *= 1.0 - t * t
+        dydx += 1.0 + t
+        dydx *= 0.5
+        dydx *= g
+        return dydx  # (...)
+
+    return vjp
 
 
 defvjp(gelu, _gelu_vjp)

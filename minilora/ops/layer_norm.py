@@ -23,10 +23,12 @@ def layer_norm(x, gamma, beta, eps=1e-5):
 def _layer_norm_vjp(argnums, y, args, kwargs):
     x, gamma = args[0], args[1]
     eps = args[3] if len(args) > 3 else kwargs.get("eps", 1e-5)
-    xhat, rstd = _normalise(x, eps)  # recomputed: cheaper than keeping them alive through the whole forward
     d = x.shape[-1]
 
     def vjp(g):  # g (..., d)
+        # x̂ and 1/σ are recomputed in the backward pass (autograd builds this closure during the forward, so
+        # computing them out here would keep them alive through the rest of the forward).
+        xhat, rstd = _normalise(x, eps)  # (..., d), (..., 1)
         lead = tuple(range(g.ndim - 1))
         grads = []
         for i in argnums:

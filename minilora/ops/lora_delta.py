@@ -22,9 +22,9 @@ def _lora_delta_vjp(argnums, y, args, kwargs):
     keep = args[4] if len(args) > 4 else kwargs.get("keep")
     r, d_in = A.shape
     d_out = B.shape[0]
-    xd = (x if keep is None else x * keep).reshape(-1, d_in)  # (N, d_in)
 
     def vjp(g):  # g (..., d_out)
+        xd = (x if keep is None else x * keep).reshape(-1, d_in)  # (N, d_in), formed in the backward pass
         g2 = g.reshape(-1, d_out)  # (N, d_out)
         gu = None if argnums == (2,) else scale * (g2 @ B)  # (N, r): gradient at the bottleneck, times s
         grads = []
