@@ -2,7 +2,8 @@
 
 Sources (PSF-licensed, installed with every CPython, nothing downloaded):
   * ``pydoc_data.topics``: the language reference topics that ``help()`` shows;
-  * docstrings of standard-library modules (functions, classes and methods), split into paragraphs.
+  * docstrings of standard-library modules (functions, classes and methods), split into paragraphs, read from
+    the modules' source files (never imported).
 
 Docstrings of the modules used by the downstream task (``tasks.DOC_MODULES``) are left out entirely, and any
 paragraph that contains text the task shows the model, or that is part of a task module's docstrings, is
@@ -12,21 +13,19 @@ The text differs a little between Python versions: ``corpus_info()`` records the
 
 from __future__ import annotations
 
+import ast
 import hashlib
-import importlib
-import inspect
-import io
 import sys
-import warnings
-from contextlib import redirect_stderr, redirect_stdout
+import sysconfig
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from .tokenizer import encode
 
-# Standard-library modules whose docstrings join the pretraining corpus. Pure-Python, present on 3.10-3.12 and
-# importable without side effects or a display. Missing ones are skipped (and listed in corpus_info()).
+# Standard-library modules whose docstrings join the pretraining corpus, read from their source files. Modules
+# written in C have no source here and contribute nothing (corpus_info() lists them).
 CORPUS_MODULES = (
     "abc", "argparse", "ast", "base64", "bisect", "bz2", "calendar", "cmd", "collections", "colorsys",
     "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "dis", "email", "enum",
@@ -40,50 +39,54 @@ CORPUS_MODULES = (
 )
 
 
-def _quiet_import(name):
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            return importlib.import_module(name)
-        except Exception:  # a module this Python lacks or cannot import here
-            return None
+def _source_files(module_name: str) -> list[Path]:
+    """The .py files of a standard-library module or package (tests excluded), in sorted order.
+
+    Looked up in the standard library's folder by name: nothing is imported, and modules that CPython freezes
+    into the interpreter (os, codecs, ... on 3.11+) are still found through their source files.
+    """
+    stdlib = Path(sysconfig.get_path("stdlib"))
+    package = stdlib / module_name
+    if (package / "__init__.py").is_file():
+        files = sorted(package.rglob("*.py"))
+        return [f for f in files if not {"test", "tests", "idle_test"} & set(f.relative_to(package).parts[:-1])]
+    single = stdlib / f"{module_name}.py"
+    return [single] if single.is_file() else []  # no file: written in C, nothing to read
 
 
 def docstring_paragraphs(module_name: str, min_chars: int = 40) -> list[str]:
-    """Paragraphs of the docstrings of a module, its public classes and functions, and their methods.
+    """Paragraphs of the docstrings in a module's source: the module, its public classes and functions, and
+    their methods (names without a leading underscore, and __init__).
 
-    Only objects defined in the module itself (or its submodules) count. Whitespace is normalised to single
-    spaces; order is the module's own definition order, so the result is deterministic for a Python version.
+    Read from the source files with ``ast``, never by importing: the result depends only on the Python version,
+    not on what the running process has imported or patched (a Jupyter kernel patches asyncio, for one).
+    Whitespace is normalised to single spaces; the order is the files' order, then the source order.
     """
-    module = _quiet_import(module_name)
-    if module is None:
-        return []
-    root = module_name.split(".")[0]
-    seen, out = set(), []
+    out = []
 
-    def visit(obj, depth):
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        doc = obj.__doc__ if isinstance(getattr(obj, "__doc__", None), str) else None
+    def add(doc):
         if doc:
-            for para in inspect.cleandoc(doc).split("\n\n"):
+            for para in doc.split("\n\n"):
                 para = " ".join(para.split())
                 if len(para) >= min_chars:
                     out.append(para)
-        if depth < 2 and (inspect.isclass(obj) or inspect.ismodule(obj)):
-            for name, value in list(vars(obj).items()):
-                if name.startswith("_") or inspect.ismodule(value):
-                    continue
-                if isinstance(value, (staticmethod, classmethod)):
-                    value = value.__func__
-                owner = getattr(value, "__module__", None) or ""
-                if (inspect.isclass(value) or inspect.isroutine(value)) and owner.split(".")[0] == root:
-                    visit(value, depth + 1)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # reading some attributes warns (typing.io, typing.re)
-        visit(module, 0)
+    def visit(node, depth):
+        for child in node.body:
+            if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                if child.name.startswith("_") and child.name != "__init__":
+                    continue
+                add(ast.get_docstring(child))
+                if depth < 1 and isinstance(child, ast.ClassDef):
+                    visit(child, depth + 1)
+
+    for path in _source_files(module_name):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        add(ast.get_docstring(tree))
+        visit(tree, 0)
     return out
 
 

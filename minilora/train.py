@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from autograd import value_and_grad
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bars: no widget dependency in notebooks
 
 from .config import GPTConfig
 from .lora import LoraConfig
