@@ -242,3 +242,15 @@ def test_rank_shift_batches(rank_setup):
     assert a.x.shape == (4, 16) and a.y.shape == (4, 16, TINY.vocab_size)
     np.testing.assert_allclose(a.y.sum(-1), 1.0, rtol=1e-5)
     assert not np.array_equal(task.batch(4, 4, 0).x, a.x)
+
+
+def test_docstrings_are_read_from_source_without_importing():
+    """The corpus and the task depend only on the Python version, never on what the process has imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from minilora.data import docstring_paragraphs; "
+            "n = len(docstring_paragraphs('pdb')) + len(docstring_paragraphs('codecs')); "
+            "assert n > 50, n; assert 'pdb' not in sys.modules, 'pdb was imported'; print(n)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
