@@ -47,7 +47,8 @@ def _openblas_lib():
     """The OpenBLAS that numpy loaded (found in /proc/self/maps), or None."""
     try:
         with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if len(line.split()) >= 6 and "openblas" in line.split()[-1].lower()}
+            paths = {line.split()[-1] for line in f
+                     if len(line.split()) >= 6 and "openblas" in line.split()[-1].lower()}
     except OSError:
         return None
     for path in sorted(paths):
@@ -629,7 +630,8 @@ def malloc_compare(args, rounds=2):
             row[mode] = {"ms": ms, "cpu_ms": cpu, "faults": fa}
         summary["on" if tune else "off"] = row
         print(f"  tune_malloc {label}: LoRA {row['lora']['ms']:7.2f} ms (cpu {row['lora']['cpu_ms']:7.2f}), "
-              f"{row['lora']['faults']:6.0f} faults   full {row['full']['ms']:7.2f} ms (cpu {row['full']['cpu_ms']:7.2f}), "
+              f"{row['lora']['faults']:6.0f} faults   "
+              f"full {row['full']['ms']:7.2f} ms (cpu {row['full']['cpu_ms']:7.2f}), "
               f"{row['full']['faults']:6.0f} faults")
     for mode in ("lora", "full"):
         on, off = summary["on"][mode], summary["off"][mode]

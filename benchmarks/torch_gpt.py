@@ -124,7 +124,7 @@ def from_minilora(params, cfg, lora=None, lora_config=None) -> TorchGPT:
     model = TorchGPT(cfg, lora_config if lora is not None else None)
     model.wte.copy_(_t(params["wte"]))
     model.wpe.copy_(_t(params["wpe"]))
-    for i, (blk, p) in enumerate(zip(model.blocks, params["blocks"])):
+    for i, (blk, p) in enumerate(zip(model.blocks, params["blocks"], strict=True)):
         for ln in ("ln1", "ln2"):
             getattr(blk, ln).weight.copy_(_t(p[ln]["g"]))
             getattr(blk, ln).bias.copy_(_t(p[ln]["b"]))

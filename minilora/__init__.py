@@ -15,6 +15,6 @@ from .model import forward, init_params
 __version__ = "0.1.0"
 
 __all__ = [
-    "GPTConfig", "PRESETS", "LoraConfig", "init_params", "forward", "init_lora", "merge", "unmerge",
+    "backend", "GPTConfig", "PRESETS", "LoraConfig", "init_params", "forward", "init_lora", "merge", "unmerge",
     "count_params", "delta_weight", "paper_param_count", "__version__",
 ]

@@ -60,10 +60,10 @@ def to_numpy(a):
 
 def _register_cupy_with_autograd(cupy):  # pragma: no cover - exercised on a GPU machine only
     """Let autograd trace CuPy arrays: box them like ndarrays and give them a vector space."""
+    from autograd.extend import VSpace
     from autograd.numpy.numpy_boxes import ArrayBox
     from autograd.numpy.numpy_vspaces import ArrayVSpace
     from autograd.tracer import Box
-    from autograd.extend import VSpace
 
     if cupy.ndarray in Box.type_mappings:
         return

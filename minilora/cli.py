@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 # Thread counts change the order of BLAS reductions, so a bit-exact rerun needs the same settings.
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

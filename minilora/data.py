@@ -106,7 +106,7 @@ def _overlaps_task(parts: list[str], task_paragraphs: list[str], shown: list[str
             hit[i] = True
             at = blob.find(text, at + 1)
     task_blob = sep.join(task_paragraphs)
-    return [h or part in task_blob for h, part in zip(hit, parts)]
+    return [h or part in task_blob for h, part in zip(hit, parts, strict=True)]
 
 
 def _bisect_right(a, x):
@@ -117,9 +117,9 @@ def _bisect_right(a, x):
 
 @lru_cache(maxsize=1)
 def _corpus() -> tuple[str, tuple[str, ...], int]:
-    from .tasks import DOC_MODULES, _doc_examples, doc_task_paragraphs
-
     import pydoc_data.topics
+
+    from .tasks import DOC_MODULES, _doc_examples, doc_task_paragraphs
 
     parts = []
     for key in sorted(pydoc_data.topics.topics):
@@ -135,7 +135,7 @@ def _corpus() -> tuple[str, tuple[str, ...], int]:
     # Keep the downstream task out: drop every part that contains text the task shows the model, or that is
     # itself a piece of one of the task modules' docstrings.
     drop = _overlaps_task(parts, doc_task_paragraphs(), [text for text, _ in _doc_examples()])
-    kept = [p for p, d in zip(parts, drop) if not d]
+    kept = [p for p, d in zip(parts, drop, strict=True) if not d]
     return "\n\n".join(kept) + "\n", tuple(missing), len(parts) - len(kept)
 
 

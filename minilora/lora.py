@@ -170,7 +170,7 @@ def _fold(params: dict, lora: dict, lora_config: LoraConfig, sign: float) -> dic
     check_lora(lora, lora_config, params)
     s = sign * lora_config.scale
     blocks = []
-    for block, adapters in zip(params["blocks"], lora["blocks"]):
+    for block, adapters in zip(params["blocks"], lora["blocks"], strict=True):
         new_block = dict(block)  # a new dict; untouched leaves are shared, never modified
         for t, adapter in adapters.items():
             W = block[t]["W"]

@@ -73,12 +73,13 @@ def forward(params, tokens, config: GPTConfig, lora=None, lora_config: LoraConfi
         adapters, scale = lora["blocks"], lora_config.scale
         keep_p = 1.0 - lora_config.dropout
     if rng is not None and not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)) or None, got {type(rng).__name__}")
+        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)) or None, "
+                        f"got {type(rng).__name__}")
     dropout = None if rng is None or keep_p == 1.0 else (rng, keep_p)
 
     B, T = tokens.shape
     x = embedding(tokens, params["wte"]) + params["wpe"][:T]  # (B, T, d)
-    for block, adapter in zip(params["blocks"], adapters):
+    for block, adapter in zip(params["blocks"], adapters, strict=True):
         x = x + attention(layer_norm(x, block["ln1"]["g"], block["ln1"]["b"], config.ln_eps),
                           block, adapter, scale, dropout, config)  # (B, T, d)
         x = x + mlp(layer_norm(x, block["ln2"]["g"], block["ln2"]["b"], config.ln_eps),

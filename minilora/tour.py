@@ -36,10 +36,9 @@ def run_tour(out_dir="tour-output", steps: int | None = None, quick: bool = Fals
     from .backend import tune_malloc
     from .checkpoint import BASE_CHECKPOINT, atomic_write_json, load_base, read_record, save_adapter, save_params
     from .config import GPTConfig
-    from .lora import LoraConfig, count_params, init_lora, merge, paper_param_count
+    from .lora import LoraConfig, count_params, delta_weight, init_lora, merge, paper_param_count
     from .model import forward
     from .plots import param_bars, singular_values, training_curves
-    from .lora import delta_weight
     from .tasks import DocModuleTask
     from .train import TrainConfig, lora_value_and_grad, train
 
@@ -119,13 +118,15 @@ def run_tour(out_dir="tour-output", steps: int | None = None, quick: bool = Fals
     rows = [
         ("trainable parameters", f"{n_lora:,}", f"{n_full:,}", f"{n_full / n_lora:.0f}x fewer"),
         ("checkpoint on disk", f"{adapter_path.stat().st_size / 1e3:.1f} kB",
-         f"{full_path.stat().st_size / 1e3:.1f} kB", f"{full_path.stat().st_size / adapter_path.stat().st_size:.0f}x smaller"),
+         f"{full_path.stat().st_size / 1e3:.1f} kB",
+         f"{full_path.stat().st_size / adapter_path.stat().st_size:.0f}x smaller"),
         ("optimizer state (m, v)", f"{2 * n_lora * 4 / 1e3:.1f} kB", f"{2 * n_full * 4 / 1e3:.1f} kB", ""),
         ("median step time", f"{1e3 * lora_res.seconds_per_step:.1f} ms", f"{1e3 * full_res.seconds_per_step:.1f} ms",
          f"full/LoRA = {ratio:.2f}"),
         ("held-out accuracy", f"{lora_final['accuracy']:.3f}", f"{full_final['accuracy']:.3f}",
          f"base {zero_shot['accuracy']:.3f}"),
-        ("held-out answer loss", f"{lora_final['loss']:.3f}", f"{full_final['loss']:.3f}", f"base {zero_shot['loss']:.3f}"),
+        ("held-out answer loss", f"{lora_final['loss']:.3f}", f"{full_final['loss']:.3f}",
+         f"base {zero_shot['loss']:.3f}"),
     ]
     _table(rows, ("", "LoRA", "full FT", ""))
 

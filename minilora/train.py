@@ -65,8 +65,9 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "batch_size", "warmup", "eval_every", "checkpoint_every", "seed"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (1 if name in ("steps", "batch_size") else 0):
-                raise ValueError(f"TrainConfig.{name} must be an int >= {1 if name in ('steps', 'batch_size') else 0}, got {v!r}")
+            least = 1 if name in ("steps", "batch_size") else 0
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+                raise ValueError(f"TrainConfig.{name} must be an int >= {least}, got {v!r}")
             object.__setattr__(self, name, int(v))  # numpy ints become ints: the config is saved as JSON
         for name in ("lr", "weight_decay", "clip"):
             object.__setattr__(self, name, float(getattr(self, name)))

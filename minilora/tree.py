@@ -66,7 +66,7 @@ def unflatten(flat: dict, n_blocks: int | None = None) -> dict:
     for path, value in flat.items():
         parts = path.split(".")
         node = root
-        for part, nxt in zip(parts[:-1], parts[1:]):
+        for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
 

@@ -6,6 +6,8 @@ input never surfaces as a deep numpy traceback or as a silently wrong result.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .config import GPTConfig
@@ -73,14 +75,14 @@ def check_params(params, config: GPTConfig) -> None:
     if not isinstance(config, GPTConfig):
         raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
     if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict of arrays (from init_params or load_params), got {type(params).__name__}")
+        raise TypeError("params must be a dict of arrays (from init_params or load_params), "
+                        f"got {type(params).__name__}")
     check_flat(flatten(params), _cached_param_shapes(config), "params")
 
 
-def _cached_param_shapes(config, _cache={}):
-    if config not in _cache:
-        _cache[config] = expected_param_shapes(config)
-    return _cache[config]
+@lru_cache(maxsize=16)
+def _cached_param_shapes(config):
+    return expected_param_shapes(config)  # GPTConfig is frozen and hashable: one dict per config
 
 
 def check_lora(lora, lora_config, params) -> None:
@@ -99,7 +101,7 @@ def check_lora(lora, lora_config, params) -> None:
         raise ValueError(f"LoraConfig.layers {sorted(layers)} out of range for a base model with {len(blocks)} blocks")
     r = lora_config.r
     base_dtype = blocks[0]["wq"]["W"].dtype
-    for i, (adapters, block) in enumerate(zip(lora["blocks"], blocks)):
+    for i, (adapters, block) in enumerate(zip(lora["blocks"], blocks, strict=True)):
         if not isinstance(adapters, dict):
             raise TypeError(f"lora block {i} must be a dict of adapters, got {type(adapters).__name__}")
         want = set(lora_config.targets) if i in layers else set()

@@ -14,7 +14,6 @@ import math
 import autograd
 import autograd.numpy as anp
 import numpy as np
-import pytest
 
 from minilora import GPTConfig, LoraConfig, forward, init_lora, init_params
 from minilora.ops import cross_entropy

@@ -25,5 +25,6 @@ def test_notebook_runs(path, tmp_path):
     nb = nbformat.read(work, as_version=4)
     source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert "import minilora" in source or "from minilora" in source, "a notebook imports from the package"
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError with the failing cell's traceback

@@ -3,7 +3,9 @@
 The VJP makers of the multi-argument ops receive ``argnums``, the positions of the arguments autograd is
 tracing (``defvjp_argnums``), and compute a gradient for those and nothing else. autograd calls a VJP maker
 while it records the forward pass, so the work of the backward pass (recomputing P, x̂, GELU's derivative) is
-done inside the returned closure, when the gradient is actually needed. In LoRA training the base weights are never traced, so ``dW`` for a
+done inside the returned closure, when the gradient is actually needed.
+
+In LoRA training the base weights are never traced, so ``dW`` for a
 frozen matrix is never computed: that skipped work is LoRA's training speed-up.
 """
 
