@@ -438,10 +438,6 @@ def test_base_record(shipped_base):
     assert inner["data"]["sha256"] == record["data"]["sha256"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the shipped base.safetensors was pretrained (base.json: corpus sha256 "
-                   "688bf943..., 803,199 bytes) before commit 9669cca changed the corpus to drop task-overlapping "
-                   "paragraphs; this code builds another corpus (sha256 2350fd3e..., Python 3.11.7), so the shipped "
-                   "model is not the one 'minilora pretrain' makes now and saw text the fix removes. Re-run pretrain")
 def test_base_record_matches_the_corpus_this_code_builds(shipped_base):
     from minilora.data import corpus_info
 
