@@ -101,7 +101,7 @@ def run_tour(out_dir="tour-output", steps: int | None = None, quick: bool = Fals
     print(f"base model before fine-tuning: accuracy {zero_shot['accuracy']:.3f} "
           f"(chance {1 / len(task.labels):.3f}), answer loss {zero_shot['loss']:.3f}")
     eval_every = max(1, steps // 6)
-    lora_tc = TrainConfig(steps=steps, batch_size=16, lr=3e-3, warmup=max(1, steps // 15), eval_every=eval_every,
+    lora_tc = TrainConfig(steps=steps, batch_size=16, lr=1e-2, warmup=max(1, steps // 15), eval_every=eval_every,
                           seed=seed)
     full_tc = TrainConfig(steps=steps, batch_size=16, lr=1e-3, warmup=max(1, steps // 15), eval_every=eval_every,
                           seed=seed)
