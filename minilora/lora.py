@@ -37,7 +37,9 @@ class LoraConfig:
     """Rank-stabilised scale s = α/√r (Kalajdzievski, 2023) instead of α/r."""
     init: str = "gaussian"
     """Initialisation of A: "gaussian" (the paper; N(0, 1/r²) as PEFT's "gaussian") or "kaiming"
-    (loralib and PEFT's default: uniform with bound 1/√d_in). B always starts at 0."""
+    (loralib and PEFT's default: uniform with bound 1/√d_in). B always starts at 0.
+    With "gaussian" the size of A shrinks as 1/r, so at a fixed α the early updates of ΔW shrink quickly with r
+    (a rank sweep then also sweeps the effective learning rate); "kaiming" keeps A's size independent of r."""
     layers: tuple[int, ...] | None = None
     """Indices of the blocks to adapt; None adapts every block."""
 
@@ -120,6 +122,11 @@ def init_lora(config: GPTConfig, lora_config: LoraConfig, seed: int, dtype=np.fl
 
     Only A and B are allocated, so a GPT-3 175B-shaped config works. B = 0, so ΔW = 0 at init.
     Blocks that are not adapted hold an empty dict.
+
+    All A are drawn in turn from one stream seeded by ``seed``. With the same seed, the first adapted matrix of
+    two adapters of different rank is therefore nested at init (A of rank 8 equals the first 8 rows of A of
+    rank 64, up to the "gaussian" scale 1/r); the others start at rank-dependent points of the stream.
+    Comparing the subspaces learned at two ranks (Section 7.2) needs different seeds.
     """
     if not isinstance(config, GPTConfig):
         raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
