@@ -6,6 +6,17 @@ import dataclasses
 from dataclasses import dataclass
 
 
+def check_fields(cls, data) -> dict:
+    """``data`` as a dict of fields of the dataclass ``cls``; unknown names are an error, not silently dropped."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}.from_dict needs a dict, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+    return dict(data)
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int = 256
@@ -57,13 +68,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "GPTConfig":
-        if not isinstance(data, dict):
-            raise TypeError(f"GPTConfig.from_dict needs a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"GPTConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**data)
+        return cls(**check_fields(cls, data))
 
     @classmethod
     def preset(cls, name: str) -> "GPTConfig":

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import GPTConfig
+from .config import GPTConfig, check_fields
 from .ops import linear, lora_delta
 from .tree import map_leaves
 
@@ -103,13 +103,7 @@ class LoraConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoraConfig":
-        if not isinstance(data, dict):
-            raise TypeError(f"LoraConfig.from_dict needs a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"LoraConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        data = dict(data)
+        data = check_fields(cls, data)
         if "targets" in data:
             data["targets"] = tuple(data["targets"])
         if data.get("layers") is not None:
