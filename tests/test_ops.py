@@ -26,7 +26,17 @@ import numpy as np
 import pytest
 from autograd.core import primitive_vjps
 
-from minilora.ops import causal_attention, cross_entropy, embedding, gelu, layer_norm, linear, lora_delta
+from minilora.ops import (
+    attend,
+    attention_probs,
+    causal_attention,
+    cross_entropy,
+    embedding,
+    gelu,
+    layer_norm,
+    linear,
+    lora_delta,
+)
 
 try:
     from gradcheck import directional_check
@@ -51,22 +61,29 @@ def ref_lora_delta(x, A, Bm, scale, keep=None):
     return scale * anp.matmul(anp.matmul(xd, anp.transpose(A)), anp.transpose(Bm))
 
 
-def ref_causal_attention(q, k, v, n_head):
-    b, t, d = q.shape
-    dh = d // n_head
+def _ref_split(a, n_head):
+    b, t, d = a.shape
+    return anp.transpose(anp.reshape(a, (b, t, n_head, d // n_head)), (0, 2, 1, 3))
 
-    def split(a):
-        return anp.transpose(anp.reshape(a, (b, t, n_head, dh)), (0, 2, 1, 3))
 
-    qh, kh, vh = split(q), split(k), split(v)
-    s = anp.matmul(qh, anp.transpose(kh, (0, 1, 3, 2))) / math.sqrt(dh)
+def ref_attention_probs(q, k, n_head):
+    t, dh = q.shape[1], q.shape[2] // n_head
+    s = anp.matmul(_ref_split(q, n_head), anp.transpose(_ref_split(k, n_head), (0, 1, 3, 2))) / math.sqrt(dh)
     allowed = np.tril(np.ones((t, t), dtype=bool))
     s = anp.where(allowed, s, -anp.inf)
     s = s - anp.max(s, axis=-1, keepdims=True)
     e = anp.exp(s)
-    p = e / anp.sum(e, axis=-1, keepdims=True)
-    o = anp.matmul(p, vh)
-    return anp.reshape(anp.transpose(o, (0, 2, 1, 3)), (b, t, d))
+    return e / anp.sum(e, axis=-1, keepdims=True)
+
+
+def ref_attend(p, v):
+    b, h, t, _ = p.shape
+    o = anp.matmul(p, _ref_split(v, h))
+    return anp.reshape(anp.transpose(o, (0, 2, 1, 3)), (b, t, v.shape[2]))
+
+
+def ref_causal_attention(q, k, v, n_head):
+    return ref_attend(ref_attention_probs(q, k, n_head), v)
 
 
 def ref_layer_norm(x, gamma, beta, eps=1e-5):
@@ -128,6 +145,12 @@ def _probs(rng):
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _causal_probs(rng):
+    """A (B, H, T, T) batch of causal attention matrices: rows sum to 1, zero above the diagonal."""
+    e = np.exp(rng.standard_normal((B, N_HEAD, T, T))) * np.tril(np.ones((T, T)))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def _weights(rng):
     w = rng.random((B, T))
     w[0, 1] = 0.0  # a position that does not count
@@ -145,8 +168,10 @@ CASES = [
     Case("lora_delta_keep", lora_delta, ref_lora_delta,
          lambda rng: (_x(rng, B, T, D_IN), _x(rng, R, D_IN), _x(rng, D_OUT, R), SCALE, _keep(rng)),
          (0, 1, 2), (3, 4)),
-    Case("causal_attention", causal_attention, ref_causal_attention,
-         lambda rng: (_x(rng, B, T, D_ATT), _x(rng, B, T, D_ATT), _x(rng, B, T, D_ATT), N_HEAD), (0, 1, 2), (3,)),
+    Case("attention_probs", attention_probs, ref_attention_probs,
+         lambda rng: (_x(rng, B, T, D_ATT), _x(rng, B, T, D_ATT), N_HEAD), (0, 1), (2,)),
+    Case("attend", attend, ref_attend,
+         lambda rng: (_causal_probs(rng), _x(rng, B, T, D_ATT)), (0, 1)),
     Case("layer_norm", layer_norm, ref_layer_norm,
          lambda rng: (_x(rng, B, T, D_IN) * 3 + 1, 1 + 0.5 * _x(rng, D_IN), _x(rng, D_IN), EPS_LN), (0, 1, 2), (3,)),
     Case("gelu", gelu, ref_gelu, lambda rng: (2 * _x(rng, B, T, D_IN),), (0,)),
@@ -352,6 +377,23 @@ def test_float32_in_float32_out(case):
     maker_grads = tuple(primitive_vjps[case.prim](case.diff, out, args32, {})(R_))
     for i, g in zip(case.diff, maker_grads):
         assert np.asarray(g).dtype == np.float32, f"VJP maker's gradient of arg {i} is {np.asarray(g).dtype}"
+
+
+# ---- causal_attention: the composition of attention_probs and attend ------------------------------------------
+
+
+def test_causal_attention_matches_the_reference_in_value_and_gradient():
+    rng = np.random.default_rng(7)
+    q, k, v = (_x(rng, B, T, D_ATT) for _ in range(3))
+    np.testing.assert_allclose(causal_attention(q, k, v, N_HEAD), ref_causal_attention(q, k, v, N_HEAD),
+                               rtol=1e-12, atol=1e-14)
+    R_ = _cotangent(ref_causal_attention(q, k, v, N_HEAD))
+    f = lambda qkv: anp.sum(causal_attention(*qkv, N_HEAD) * R_)
+    grads = autograd.grad(f)((q, k, v))
+    want = autograd.grad(lambda qkv: anp.sum(ref_causal_attention(*qkv, N_HEAD) * R_))((q, k, v))
+    for g, w in zip(grads, want):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-13)
+    directional_check(f, (q, k, v), grads, np.random.default_rng(8))
 
 
 # ---- a few semantic spot checks ------------------------------------------------------------------------------

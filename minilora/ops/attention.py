@@ -1,4 +1,11 @@
-"""Causal multi-head self-attention core: softmax(Q K^T / √d_h + mask) V, per head."""
+"""Causal multi-head self-attention core, as the two equations it is made of, one primitive each:
+
+    P = softmax(Q Kᵀ / √d_h + M)      attention_probs(q, k, n_head)   M: the causal mask (-inf above the diagonal)
+    O = P V                           attend(p, v)
+
+P is the output of the first primitive, so its VJP receives P itself (autograd hands a VJP maker its
+primitive's output): the backward pass needs P and never recomputes it. ``causal_attention`` composes the two.
+"""
 
 import math
 
@@ -34,9 +41,11 @@ def causal_mask(T, dtype, xp):
     return _MASKS[key]
 
 
-def _probs(qh, kh):
-    """P = softmax(Q K^T/√d_h + causal mask): (B, H, T, d_h) twice -> (B, H, T, T)."""
-    xp = array_module(qh)
+@primitive
+def attention_probs(q, k, n_head):
+    """P = softmax(Q Kᵀ/√d_h + M) per head. q, k (B, T, d) -> P (B, H, T, T)."""
+    xp = array_module(q)
+    qh, kh = _split_heads(q, n_head), _split_heads(k, n_head)  # (B, H, T, d_h) each
     T, dh = qh.shape[-2:]
     s = (qh * (1.0 / math.sqrt(dh))) @ kh.transpose(0, 1, 3, 2)  # (B, H, T, T) scores
     s += causal_mask(T, s.dtype, xp)  # (B, H, T, T)
@@ -46,41 +55,55 @@ def _probs(qh, kh):
     return p  # (B, H, T, T)
 
 
-@primitive
-def causal_attention(q, k, v, n_head):
-    """q, k, v (B, T, d) with d = n_head · d_h -> (B, T, d)."""
-    qh, kh, vh = (_split_heads(t, n_head) for t in (q, k, v))  # (B, H, T, d_h) each
-    return _merge_heads(_probs(qh, kh) @ vh)  # (B, H, T, d_h) -> (B, T, d)
-
-
-def _attention_vjp(argnums, out, args, kwargs):
-    q, k, v, n_head = args
+def _attention_probs_vjp(argnums, p, args, kwargs):
+    q, k, n_head = args
     c = 1.0 / math.sqrt(q.shape[-1] // n_head)
 
-    def vjp(g):  # g (B, T, d)
-        qh, kh, vh = (_split_heads(t, n_head) for t in (q, k, v))  # (B, H, T, d_h) each: views, no copies
-        # P is recomputed here, in the backward pass, rather than kept from the forward (as FlashAttention does):
-        # autograd builds this closure during the forward, so anything computed outside it would stay alive
-        # through the whole forward. This way the (B, H, T, T) matrix exists only while its gradient is formed.
-        p = _probs(qh, kh)  # (B, H, T, T)
-        gh = _split_heads(g, n_head)  # (B, H, T, d_h)
-        gs = None
-        if 0 in argnums or 1 in argnums:  # dS = P ⊙ (dP - rowsum(dP ⊙ P)), dP = dO V^T
-            gp = gh @ vh.transpose(0, 1, 3, 2)  # (B, H, T, T)
-            gs = p * (gp - (gp * p).sum(axis=-1, keepdims=True))  # (B, H, T, T)
+    def vjp(g):  # g = dL/dP (B, H, T, T)
+        # dS = P ⊙ (dP - rowsum(dP ⊙ P)): the softmax Jacobian applied row by row; masked entries have P = 0
+        gs = g * p  # (B, H, T, T)
+        gs -= p * gs.sum(axis=-1, keepdims=True)
         grads = []
         for i in argnums:
-            if i == 0:  # dQ = dS K / √d_h
-                grads.append(_merge_heads((gs @ kh) * c))  # (B, T, d)
-            elif i == 1:  # dK = dS^T Q / √d_h
-                grads.append(_merge_heads((gs.transpose(0, 1, 3, 2) @ qh) * c))  # (B, T, d)
-            elif i == 2:  # dV = P^T dO
-                grads.append(_merge_heads(p.transpose(0, 1, 3, 2) @ gh))  # (B, T, d)
+            if i == 0:  # dQ = c · dS K
+                grads.append(_merge_heads((gs @ _split_heads(k, n_head)) * c))  # (B, T, d)
+            elif i == 1:  # dK = c · dSᵀ Q
+                grads.append(_merge_heads((gs.transpose(0, 1, 3, 2) @ _split_heads(q, n_head)) * c))  # (B, T, d)
             else:
-                raise NotImplementedError("causal_attention is not differentiable in n_head")
+                raise NotImplementedError("attention_probs is not differentiable in n_head")
         return tuple(grads)
 
     return vjp
 
 
-defvjp_argnums(causal_attention, _attention_vjp)
+defvjp_argnums(attention_probs, _attention_probs_vjp)
+
+
+@primitive
+def attend(p, v):
+    """O = P V per head, heads merged back. p (B, H, T, T), v (B, T, d) -> (B, T, d)."""
+    return _merge_heads(p @ _split_heads(v, p.shape[1]))  # (B, H, T, d_h) -> (B, T, d)
+
+
+def _attend_vjp(argnums, out, args, kwargs):
+    p, v = args
+
+    def vjp(g):  # g (B, T, d)
+        gh = _split_heads(g, p.shape[1])  # (B, H, T, d_h)
+        grads = []
+        for i in argnums:
+            if i == 0:  # dP = dO Vᵀ
+                grads.append(gh @ _split_heads(v, p.shape[1]).transpose(0, 1, 3, 2))  # (B, H, T, T)
+            else:  # dV = Pᵀ dO
+                grads.append(_merge_heads(p.transpose(0, 1, 3, 2) @ gh))  # (B, T, d)
+        return tuple(grads)
+
+    return vjp
+
+
+defvjp_argnums(attend, _attend_vjp)
+
+
+def causal_attention(q, k, v, n_head):
+    """softmax(Q Kᵀ/√d_h + M) V over heads. q, k, v (B, T, d) with d = n_head · d_h -> (B, T, d)."""
+    return attend(attention_probs(q, k, n_head), v)  # (B, H, T, T) -> (B, T, d)
