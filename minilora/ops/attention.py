@@ -61,8 +61,7 @@ def _attention_probs_vjp(argnums, p, args, kwargs):
 
     def vjp(g):  # g = dL/dP (B, H, T, T)
         # dS = P ⊙ (dP - rowsum(dP ⊙ P)): the softmax Jacobian applied row by row; masked entries have P = 0
-        gs = g * p  # (B, H, T, T)
-        gs -= p * gs.sum(axis=-1, keepdims=True)
+        gs = p * (g - (g * p).sum(axis=-1, keepdims=True))  # (B, H, T, T)
         grads = []
         for i in argnums:
             if i == 0:  # dQ = c · dS K
