@@ -200,8 +200,8 @@ def step_flops(cfg, B, T, lcfg=None, trainable="lora", prune_unneeded_dx=True, r
     prune_unneeded_dx: skip dx where the input needs no gradient (blocks before the first adapter and, in the
       first adapted block, the frozen projections of an input that needs none), as autograd and torch do.
       False gives the textbook count: backward = dx through every layer (+ dW, dA, dB).
-    recompute: add what minilora's VJPs recompute instead of storing: P = softmax(QK^T) in attention's
-      backward (one more QK^T) and u = x A^T in lora_delta's dB.
+    recompute: add what minilora's VJPs recompute instead of storing: u = x A^T in lora_delta's dB.
+      (Attention's P is kept: it is the output of the attention_probs primitive.)
     Returns {"forward", "backward", "total"}.
     """
     N = B * T
@@ -248,8 +248,6 @@ def step_flops(cfg, B, T, lcfg=None, trainable="lora", prune_unneeded_dx=True, r
         o_rg = q_rg or k_rg or v_rg
         fwd += 2 * attn_mm  # S = Q K^T, O = P V
         if o_rg:
-            if recompute:
-                bwd += attn_mm  # P recomputed in the VJP
             if q_rg or k_rg or not prune_unneeded_dx:
                 bwd += attn_mm  # dP = dO V^T
             for needed in (q_rg, k_rg, v_rg):  # dQ = dS K, dK = dS^T Q, dV = P^T dO
@@ -514,7 +512,7 @@ def main(argv=None):
         agree = all(counted[k] == fl[k]["total"] for k in counted)
         print(f"  torch.utils.flop_counter on the torch steps: LoRA {counted['lora'] / 1e9:.3f} G, "
               f"full {counted['full'] / 1e9:.3f} G ({'the same' if agree else 'DIFFERENT'})")
-    print(f"  minilora also recomputes P (attention VJP) and x A^T (lora_delta VJP): executed "
+    print(f"  minilora also recomputes x A^T (lora_delta VJP): executed "
           f"LoRA {fl_exec['lora']['total'] / 1e9:.3f} G, full {fl_exec['full']['total'] / 1e9:.3f} G")
     for name in res:
         if "matmul" in name:
