@@ -18,4 +18,7 @@ from .layer_norm import layer_norm
 from .linear import linear
 from .lora_delta import lora_delta
 
-__all__ = ["attend", "attention_probs", "causal_attention", "cross_entropy", "embedding", "gelu", "layer_norm", "linear", "lora_delta"]
+__all__ = [
+    "attend", "attention_probs", "causal_attention", "cross_entropy", "embedding", "gelu", "layer_norm", "linear",
+    "lora_delta",
+]
