@@ -94,8 +94,7 @@ def _project(x, block, adapter, name, scale, dropout):
     keep = None
     if lora_ab is not None and dropout is not None:
         rng, keep_p = dropout
-        shape = x.shape
-        keep = ((rng.random(shape, dtype=np.float32) < keep_p) * (1.0 / keep_p)).astype(x.dtype)  # (..., d_in)
+        keep = ((rng.random(x.shape, dtype=np.float32) < keep_p) * (1.0 / keep_p)).astype(x.dtype)  # (..., d_in)
     return lora_linear(x, block[name], lora_ab, scale, keep)
 
 

@@ -18,6 +18,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from .data import docstring_paragraphs, pretraining_tokens, sample_windows
+from .lora import LoraConfig, delta_weight, init_lora, merge
+from .model import forward
+from .ops import cross_entropy
 from .tokenizer import encode
 
 # Downstream-task modules: pure-Python, present on 3.10-3.12, and with distinct first letters.
@@ -49,8 +53,6 @@ def shown_text(paragraph: str) -> str:
 @lru_cache(maxsize=1)
 def _doc_examples() -> tuple[tuple[str, str], ...]:
     """(shown text, module) pairs: unique shown texts of one module only (ambiguous ones are dropped)."""
-    from .data import docstring_paragraphs
-
     modules_of: dict[str, set[str]] = {}
     for name in DOC_MODULES:
         for para in docstring_paragraphs(name):
@@ -65,8 +67,6 @@ def _doc_examples() -> tuple[tuple[str, str], ...]:
 
 def doc_task_paragraphs() -> list[str]:
     """Every paragraph of the task's modules (used or not): none of it may reach the pretraining corpus."""
-    from .data import docstring_paragraphs
-
     return [p for name in DOC_MODULES for p in docstring_paragraphs(name)]
 
 
@@ -117,9 +117,6 @@ class DocModuleTask:
 
     def evaluate(self, params, config, lora=None, lora_config=None, split: str = "eval", batch_size: int = 64):
         """{"accuracy": ..., "loss": answer-token loss, "n": examples}."""
-        from .model import forward
-        from .ops import cross_entropy
-
         x, y, w, answer_at = self._eval if split == "eval" else self._train
         true = np.array([self.labels.index(lab) for _, lab in
                          (self.eval_examples if split == "eval" else self.train_examples)])
@@ -143,24 +140,16 @@ class LanguageModelTask:
     name = "lm"
 
     def __init__(self, context: int = 128, n_eval_windows: int = 64, eval_seed: int = 1234):
-        from .data import pretraining_tokens
-
         self.context = context
         self.train_tokens, self.held_out_tokens = pretraining_tokens()
-        from .data import sample_windows
-
-        self._sample = sample_windows
         self.eval_x, self.eval_y = sample_windows(self.held_out_tokens, n_eval_windows, context,
                                                   np.random.default_rng(eval_seed))
 
     def batch(self, step: int, batch_size: int, seed: int) -> Batch:
-        x, y = self._sample(self.train_tokens, batch_size, self.context, np.random.default_rng([seed, step]))
+        x, y = sample_windows(self.train_tokens, batch_size, self.context, np.random.default_rng([seed, step]))
         return Batch(x, y)
 
     def evaluate(self, params, config, lora=None, lora_config=None, batch_size: int = 32):
-        from .model import forward
-        from .ops import cross_entropy
-
         losses = []
         for s in range(0, len(self.eval_x), batch_size):
             logits = forward(params, self.eval_x[s:s + batch_size], config, lora, lora_config)
@@ -170,8 +159,6 @@ class LanguageModelTask:
 
 def random_rank_adapter(config, lora_config, seed: int, relative_norm: float, params) -> dict:
     """An adapter of exact rank lora_config.r with ||s·B A||_F = relative_norm · ||W||_F for every matrix."""
-    from .lora import delta_weight, init_lora
-
     lora = init_lora(config, lora_config, seed)
     rng = np.random.default_rng([seed, 1])
     for i, block in enumerate(lora["blocks"]):
@@ -194,9 +181,6 @@ class RankShiftTask:
 
     def __init__(self, params, config, k: int = 2, targets=("wq", "wv"), relative_norm: float = 0.5,
                  seed: int = 0, n_train: int = 256, n_eval: int = 32, length: int = 32):
-        from .data import pretraining_tokens, sample_windows
-        from .lora import LoraConfig, merge
-        from .model import forward
 
         self.k = k
         self.teacher_config = LoraConfig(r=k, alpha=float(k), targets=tuple(targets))
@@ -214,9 +198,6 @@ class RankShiftTask:
         return Batch(self.x[idx], self.p[idx])
 
     def evaluate(self, params, config, lora=None, lora_config=None):
-        from .model import forward
-        from .ops import cross_entropy
-
         ce = float(cross_entropy(forward(params, self.eval_x, config, lora, lora_config), self.eval_p))
         return {"kl": ce - self.eval_entropy, "loss": ce}
 
