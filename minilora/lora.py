@@ -77,23 +77,33 @@ class LoraConfig:
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
     def adapted_layers(self, config: GPTConfig) -> tuple[int, ...]:
+        return self._layers_of(config.n_layer)
+
+    def _layers_of(self, n_layer: int) -> tuple[int, ...]:
         if self.layers is None:
-            return tuple(range(config.n_layer))
-        bad = [i for i in self.layers if i >= config.n_layer]
+            return tuple(range(n_layer))
+        bad = [i for i in self.layers if i >= n_layer]
         if bad:
-            raise ValueError(f"LoraConfig.layers {bad} out of range for a model with n_layer={config.n_layer}")
+            raise ValueError(f"LoraConfig.layers {bad} out of range for a model with n_layer={n_layer}")
         return self.layers
 
     def check_against(self, config: GPTConfig) -> None:
         """Raise if this adapter cannot exist on that model (r too large, layers out of range)."""
-        self.adapted_layers(config)
+        self.check_fit(config.n_layer, config.matrix_shape)
+
+    def check_fit(self, n_layer: int, matrix_shape) -> tuple[int, ...]:
+        """Raise unless this adapter can exist on a model of ``n_layer`` blocks whose matrix ``t`` has shape
+        ``matrix_shape(t)`` = (d_out, d_in): every layer in range, r <= min(d_in, d_out) for every target.
+        Returns the indices of the adapted blocks."""
+        layers = self._layers_of(n_layer)
         for t in self.targets:
-            d_out, d_in = config.matrix_shape(t)
+            d_out, d_in = matrix_shape(t)
             if self.r > min(d_in, d_out):
                 raise ValueError(
                     f"LoraConfig.r={self.r} exceeds min(d_in, d_out)={min(d_in, d_out)} of {t} {(d_out, d_in)}: "
                     "a rank-r update of that matrix cannot exist"
                 )
+        return layers
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -96,9 +96,7 @@ def check_lora(lora, lora_config, params) -> None:
     blocks = params["blocks"]
     if len(lora["blocks"]) != len(blocks):
         raise ValueError(f"lora has {len(lora['blocks'])} blocks but the base model has {len(blocks)}")
-    layers = set(range(len(blocks))) if lora_config.layers is None else set(lora_config.layers)
-    if max(layers) >= len(blocks):
-        raise ValueError(f"LoraConfig.layers {sorted(layers)} out of range for a base model with {len(blocks)} blocks")
+    layers = set(lora_config.check_fit(len(blocks), lambda t: tuple(blocks[0][t]["W"].shape)))
     r = lora_config.r
     base_dtype = blocks[0]["wq"]["W"].dtype
     for i, (adapters, block) in enumerate(zip(lora["blocks"], blocks, strict=True)):
@@ -114,8 +112,6 @@ def check_lora(lora, lora_config, params) -> None:
             if not isinstance(ab, dict) or set(ab) != {"A", "B"}:
                 raise ValueError(f"lora block {i} {t} must be a dict with exactly 'A' and 'B'")
             d_out, d_in = block[t]["W"].shape
-            if r > min(d_in, d_out):
-                raise ValueError(f"LoraConfig.r={r} exceeds min(d_in, d_out)={min(d_in, d_out)} of {t} {(d_out, d_in)}")
             for name, shape in (("A", (r, d_in)), ("B", (d_out, r))):
                 a = ab[name]
                 if not hasattr(a, "shape"):
