@@ -188,15 +188,28 @@ def save_train_state(path, trainable, opt_state: dict, meta: dict) -> Path:
     return write_safetensors(path, flat, {FORMAT: json.dumps(info)})
 
 
-def load_train_state(path, n_blocks: int) -> tuple[dict, dict, dict]:
-    """(trainable, opt_state, meta) as saved by save_train_state."""
+def load_train_state(path, n_blocks: int, expected: dict | None = None,
+                     same_run: dict | None = None) -> tuple[dict, dict, dict]:
+    """(trainable, opt_state, meta) as saved by save_train_state.
+
+    same_run: metadata the state must have been saved with (method, configs, task); checked first.
+    expected: {path: shape} of the trainable tree (validate.expected_lora_shapes or expected_param_shapes); when
+    given, the parameters and AdamW's m and v are each checked against it, like any other file.
+    """
     arrays, info = _read_minilora(path, "train_state")
+    differ = [k for k in (same_run or {}) if info.get(k) != same_run[k]]
+    if differ:
+        raise ValueError(f"resume: {path} was saved by a different run: {', '.join(differ)} differ "
+                         "(a resumed run must continue the same configuration)")
     parts = {"params": {}, "m": {}, "v": {}}
     for key, value in arrays.items():
         prefix, _, rest = key.partition(".")
         if prefix not in parts:
             raise ValueError(f"{path}: unexpected array {key!r} in a training state")
         parts[prefix][rest] = value
+    if expected is not None:
+        for prefix, flat in parts.items():
+            _check_file_arrays(flat, expected, f"{prefix} in training state {path}")
     trees = {p: unflatten(flat, n_blocks=n_blocks) for p, flat in parts.items()}
     return trees["params"], {"step": int(info["step"]), "m": trees["m"], "v": trees["v"]}, info
 

@@ -334,3 +334,17 @@ def test_train_config_rejects_bad_values(kw, field):
 def test_train_config_defaults_are_valid():
     TrainConfig()
     TrainConfig(steps=1, warmup=0, eval_every=0, checkpoint_every=0, clip=0.0, weight_decay=0.0)
+
+
+def test_each_state_is_written_once(tiny_task, tmp_path, monkeypatch):
+    """checkpoint_every dividing the last step must not write the same final state a second time."""
+    import minilora.checkpoint
+
+    writes = []
+    real = minilora.checkpoint.save_train_state
+    monkeypatch.setattr(minilora.checkpoint, "save_train_state",
+                        lambda path, t, s, meta: writes.append(s["step"]) or real(path, t, s, meta))
+    run_lora(tiny_task, tiny_params(), tc(steps=6, checkpoint_every=3), checkpoint=tmp_path / "s.safetensors")
+    assert writes == [3, 6]
+    run_lora(tiny_task, tiny_params(), tc(steps=6, checkpoint_every=4), checkpoint=tmp_path / "t.safetensors")
+    assert writes == [3, 6, 4, 6]
