@@ -14,6 +14,7 @@ The text differs a little between Python versions: ``corpus_info()`` records the
 from __future__ import annotations
 
 import ast
+import bisect
 import hashlib
 import sys
 import sysconfig
@@ -62,6 +63,12 @@ def docstring_paragraphs(module_name: str, min_chars: int = 40) -> list[str]:
     not on what the running process has imported or patched (a Jupyter kernel patches asyncio, for one).
     Whitespace is normalised to single spaces; the order is the files' order, then the source order.
     """
+    return list(_docstring_paragraphs(module_name, min_chars))
+
+
+@lru_cache(maxsize=None)
+def _docstring_paragraphs(module_name: str, min_chars: int) -> tuple[str, ...]:
+    """Parsed once per process and module (the corpus and the task both read the task modules)."""
     out = []
 
     def add(doc):
@@ -87,7 +94,7 @@ def docstring_paragraphs(module_name: str, min_chars: int = 40) -> list[str]:
             continue
         add(ast.get_docstring(tree))
         visit(tree, 0)
-    return out
+    return tuple(out)
 
 
 def _overlaps_task(parts: list[str], task_paragraphs: list[str], shown: list[str]) -> list[bool]:
@@ -102,17 +109,11 @@ def _overlaps_task(parts: list[str], task_paragraphs: list[str], shown: list[str
     for text in set(shown):  # where each shown text occurs in the corpus
         at = blob.find(text)
         while at != -1:
-            i = max(0, _bisect_right(starts, at) - 1)
+            i = max(0, bisect.bisect_right(starts, at) - 1)
             hit[i] = True
             at = blob.find(text, at + 1)
     task_blob = sep.join(task_paragraphs)
     return [h or part in task_blob for h, part in zip(hit, parts, strict=True)]
-
-
-def _bisect_right(a, x):
-    import bisect
-
-    return bisect.bisect_right(a, x)
 
 
 @lru_cache(maxsize=1)
