@@ -3,9 +3,9 @@
 Nothing here unpickles. A file is read as bytes and parsed by safetensors; a pickle, a torch ``.bin``/``.pt``
 zip or an ``.npy`` file is recognised by its first bytes and refused with a message that says so. Loading
 params and adapters validates keys, shapes and dtypes against the config before anything is returned; a
-training state is validated against the shapes and run identity its caller passes (``train()`` passes both). Every write goes to a
-temporary file in the same folder, is flushed to disk, and is renamed over the target in one step, so a crash
-leaves either the old file or the new one, never half of one.
+training state is validated against the shapes and run identity its caller passes (``train()`` passes both).
+Every write goes to a temporary file in the same folder, is flushed to disk, and is renamed over the target in
+one step, so a crash leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
