@@ -33,6 +33,26 @@ def _task(name, params, config, seed=0):
     raise ValueError(f"--task must be 'docmodule' or 'rankshift', got {name!r}")
 
 
+def _add_training_args(p, *, steps, lr, warmup, every, weight_decay=0.0):
+    """The TrainConfig flags, shared by pretrain and finetune (each with its own defaults)."""
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--weight-decay", type=float, default=weight_decay)
+    p.add_argument("--eval-every", type=int, default=every)
+    p.add_argument("--checkpoint-every", type=int, default=every)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _train_config(args):
+    from .train import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                       weight_decay=args.weight_decay, eval_every=args.eval_every, seed=args.seed,
+                       checkpoint_every=args.checkpoint_every)
+
+
 def cmd_pretrain(args):
     from . import __version__
     from .checkpoint import atomic_write_json, save_params
@@ -40,14 +60,12 @@ def cmd_pretrain(args):
     from .data import corpus_info
     from .model import init_params
     from .tasks import LanguageModelTask
-    from .train import TrainConfig, train
+    from .train import train
 
     config = GPTConfig.preset(args.preset)
     task = LanguageModelTask(context=config.context)
     params = init_params(config, args.seed)
-    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                     weight_decay=args.weight_decay, eval_every=args.eval_every, seed=args.seed,
-                     checkpoint_every=args.checkpoint_every)
+    tc = _train_config(args)
     t0 = time.time()
     result = train(task, params, config, tc, method="full", checkpoint=args.state, resume=args.resume,
                    desc="pretraining")
@@ -82,12 +100,11 @@ def _lora_config(args):
 def cmd_finetune(args):
     from .checkpoint import atomic_write_json, save_adapter, save_params
     from .lora import count_params, init_lora
-    from .train import TrainConfig, train
+    from .train import train
 
     params, config = _base(args)
     task = _task(args.task, params, config, args.seed)
-    tc = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                     eval_every=args.eval_every, seed=args.seed, checkpoint_every=args.checkpoint_every)
+    tc = _train_config(args)
     out = Path(args.out)
     state = out / "train_state.safetensors"
     if args.method == "lora":
@@ -155,14 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="train the base model on the offline corpus (makes the shipped checkpoint)")
     p.add_argument("--preset", default="base")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--checkpoint-every", type=int, default=250)
-    p.add_argument("--seed", type=int, default=0)
+    _add_training_args(p, steps=3000, lr=3e-3, warmup=100, every=250, weight_decay=0.01)
     p.add_argument("--out", default="base.safetensors", help="where to write the parameters (+ .json record)")
     p.add_argument("--state", default=None, help="training-state file for periodic checkpoints")
     p.add_argument("--resume", default=None, help="training-state file to resume from")
@@ -181,13 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
     p.add_argument("--init", choices=["gaussian", "kaiming"], default="gaussian")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    _add_training_args(p, steps=300, lr=2e-3, warmup=20, every=100)
     p.add_argument("--resume", default=None, help="a train_state.safetensors to continue from")
     p.add_argument("--out", default="runs/finetune", help="output folder")
     p.set_defaults(func=cmd_finetune)
