@@ -1,8 +1,16 @@
-"""A GPT-2-style transformer as pure functions of a parameter tree (W stored (d_out, d_in))."""
+"""A GPT-2-style transformer as pure functions of a parameter tree (W stored (d_out, d_in)).
+
+``forward`` is the public entry point: it validates its inputs and runs ``transformer`` with LoRA's hooks (or
+none). ``transformer`` is the computation itself, with one place where an adaptation method enters it: a
+``Hooks`` value. LoRA, a batch of per-row adapters (``minilora.mixed``) and the other fine-tuning methods each
+supply hooks; none of them copies the transformer.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -53,6 +61,49 @@ def init_params(config: GPTConfig, seed: int, dtype=np.float32) -> dict:
     }
 
 
+# ---- where an adaptation enters the transformer ----------------------------------------------------------
+
+def frozen_project(i: int, name: str, x, layer: dict):
+    """The base model's matrix ``name`` of block ``i``: W x + b. x (..., d_in) -> (..., d_out)."""
+    return linear(x, layer["W"], layer["b"])
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The points where a fine-tuning method changes the transformer; the defaults are the base model.
+
+    project(i, name, x, layer) -> h: block i's matrix ``name`` ("wq", ..., "mlp_out") applied to x, where
+        ``layer`` is {"W": (d_out, d_in), "b": (d_out,)}. LoRA returns W x + b + s·B A x here.
+    Called in a fixed order: for each block, wq, wk, wv, wo, mlp_in, mlp_out (random draws inside a hook,
+    such as dropout masks, are therefore reproducible). A method that needs another entry point adds a field
+    here with a default that leaves the base model unchanged.
+    """
+
+    project: Callable = frozen_project
+
+
+BASE_HOOKS = Hooks()
+
+
+def lora_hooks(lora_blocks, scale: float, dropout=None) -> Hooks:
+    """LoRA's hook: every adapted matrix computes W x + b + s·B A dropout(x).
+
+    lora_blocks: lora["blocks"], one {target: {"A", "B"}} dict per block. dropout: None or (rng, keep_p).
+    """
+
+    def project(i, name, x, layer):
+        ab = lora_blocks[i].get(name)
+        keep = None
+        if ab is not None and dropout is not None:
+            rng, keep_p = dropout
+            keep = ((rng.random(x.shape, dtype=np.float32) < keep_p) * (1.0 / keep_p)).astype(x.dtype)  # (.., d_in)
+        return lora_linear(x, layer, ab, scale, keep)
+
+    return Hooks(project=project)
+
+
+# ---- the model ------------------------------------------------------------------------------------------
+
 def forward(params, tokens, config: GPTConfig, lora=None, lora_config: LoraConfig | None = None, *, rng=None):
     """Next-token logits. tokens (B, T) ints -> logits (B, T, vocab_size).
 
@@ -63,51 +114,41 @@ def forward(params, tokens, config: GPTConfig, lora=None, lora_config: LoraConfi
 
     check_params(plain(params), config)  # plain(): the arrays under autograd's boxes, when traced
     tokens = check_tokens(tokens, config)
-    adapters = [{}] * config.n_layer
-    scale = 0.0
-    keep_p = 1.0
-    if lora is not None:
-        if lora_config is None:
-            raise TypeError("forward: 'lora_config' is required when 'lora' is given (it holds r, alpha, targets)")
-        check_lora(plain(lora), lora_config, plain(params))
-        adapters, scale = lora["blocks"], lora_config.scale
-        keep_p = 1.0 - lora_config.dropout
+    if lora is None:
+        return transformer(params, tokens, config)
+    if lora_config is None:
+        raise TypeError("forward: 'lora_config' is required when 'lora' is given (it holds r, alpha, targets)")
+    check_lora(plain(lora), lora_config, plain(params))
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)) or None, "
                         f"got {type(rng).__name__}")
+    keep_p = 1.0 - lora_config.dropout
     dropout = None if rng is None or keep_p == 1.0 else (rng, keep_p)
+    return transformer(params, tokens, config, lora_hooks(lora["blocks"], lora_config.scale, dropout))
 
+
+def transformer(params, tokens, config: GPTConfig, hooks: Hooks = BASE_HOOKS):
+    """The computation behind ``forward``, inputs already validated. tokens (B, T) -> logits (B, T, V)."""
     B, T = tokens.shape
     x = embedding(tokens, params["wte"]) + params["wpe"][:T]  # (B, T, d)
-    for block, adapter in zip(params["blocks"], adapters, strict=True):
+    for i, block in enumerate(params["blocks"]):
         x = x + attention(layer_norm(x, block["ln1"]["g"], block["ln1"]["b"], config.ln_eps),
-                          block, adapter, scale, dropout, config)  # (B, T, d)
-        x = x + mlp(layer_norm(x, block["ln2"]["g"], block["ln2"]["b"], config.ln_eps),
-                    block, adapter, scale, dropout)  # (B, T, d)
+                          i, block, hooks, config)  # (B, T, d)
+        x = x + mlp(layer_norm(x, block["ln2"]["g"], block["ln2"]["b"], config.ln_eps), i, block, hooks)  # (B, T, d)
     x = layer_norm(x, params["ln_f"]["g"], params["ln_f"]["b"], config.ln_eps)  # (B, T, d)
     return linear(x, params["wte"])  # (B, T, V): output layer tied to the token embedding
 
 
-def _project(x, block, adapter, name, scale, dropout):
-    """One (possibly adapted) matrix of a block: W x + b [+ s·B A dropout(x)]."""
-    lora_ab = adapter[name] if name in adapter else None
-    keep = None
-    if lora_ab is not None and dropout is not None:
-        rng, keep_p = dropout
-        keep = ((rng.random(x.shape, dtype=np.float32) < keep_p) * (1.0 / keep_p)).astype(x.dtype)  # (..., d_in)
-    return lora_linear(x, block[name], lora_ab, scale, keep)
-
-
-def attention(x, block, adapter, scale, dropout, config):
+def attention(x, i, block, hooks, config):
     """Causal self-attention: softmax(Q K^T/√d_h + mask) V W_o^T. x (B, T, d) -> (B, T, d)."""
-    q = _project(x, block, adapter, "wq", scale, dropout)  # (B, T, d)
-    k = _project(x, block, adapter, "wk", scale, dropout)  # (B, T, d)
-    v = _project(x, block, adapter, "wv", scale, dropout)  # (B, T, d)
+    q = hooks.project(i, "wq", x, block["wq"])  # (B, T, d)
+    k = hooks.project(i, "wk", x, block["wk"])  # (B, T, d)
+    v = hooks.project(i, "wv", x, block["wv"])  # (B, T, d)
     o = causal_attention(q, k, v, config.n_head)  # (B, T, d)
-    return _project(o, block, adapter, "wo", scale, dropout)  # (B, T, d)
+    return hooks.project(i, "wo", o, block["wo"])  # (B, T, d)
 
 
-def mlp(x, block, adapter, scale, dropout):
+def mlp(x, i, block, hooks):
     """Position-wise MLP: W_out GELU(W_in x). x (B, T, d) -> (B, T, d)."""
-    h = gelu(_project(x, block, adapter, "mlp_in", scale, dropout))  # (B, T, d_mlp)
-    return _project(h, block, adapter, "mlp_out", scale, dropout)  # (B, T, d)
+    h = gelu(hooks.project(i, "mlp_in", x, block["mlp_in"]))  # (B, T, d_mlp)
+    return hooks.project(i, "mlp_out", h, block["mlp_out"])  # (B, T, d)
