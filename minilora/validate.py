@@ -69,6 +69,32 @@ def check_flat(flat: dict, expected: dict, what: str) -> None:
         raise TypeError(f"{what}: mixed dtypes {sorted(dtypes)}; cast the whole tree to one dtype")
 
 
+def count_nonfinite(a) -> tuple[int, int]:
+    """(number of NaN, number of ±inf) in an array of any backend."""
+    from .backend import array_module
+
+    xp = array_module(a)
+    return int(xp.isnan(a).sum()), int(xp.isinf(a).sum())
+
+
+def check_finite(flat: dict, what: str, hint: str = "") -> None:
+    """Raise ValueError naming the first tensor of {path: array} that holds NaN or ±inf, and how many.
+
+    Used on everything read from a file (parameters, adapters, training states, foreign checkpoints): a
+    non-finite weight would only surface later as all-NaN logits. ``hint`` ends the message (how to opt out).
+    """
+    bad = []
+    for key, a in flat.items():
+        if getattr(getattr(a, "dtype", None), "kind", None) != "f":
+            continue
+        n_nan, n_inf = count_nonfinite(a)
+        if n_nan or n_inf:
+            bad.append(f"{key} has {n_nan + n_inf} non-finite values of {a.size} ({n_nan} NaN, {n_inf} inf)")
+    if bad:
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise ValueError(f"{what}: {bad[0]}{more}{'; ' + hint if hint else ''}")
+
+
 def check_params(params, config: GPTConfig) -> None:
     from .tree import flatten
 
