@@ -102,11 +102,11 @@ class Report:
         counts = collections.Counter(k for r in failed for k in dict.fromkeys(r.keys))
         if counts:
             out.append("What went wrong:")
-            out += [f"  * {MISTAKES[k].title} ({n} of {len(failed)} failed checks): {MISTAKES[k].hint}"
+            out += [f"  * {MISTAKES[k].title} (named in {n} of the {len(failed)} failed checks): {MISTAKES[k].hint}"
                     for k, n in counts.most_common()]
         pattern = failure_pattern(self.results)
         if pattern:
-            out.append(f"Every failure, and only they, are the checks with {pattern}")
+            out.append(f"The failures are exactly the checks with {pattern}")
         if failed and not counts and not pattern:
             out.append("No typical mistake matches: compare your formula with the one stated, term by term.")
         return "\n".join(out)
@@ -207,9 +207,12 @@ def as_outputs(got, case: Case):
     outs = []
     for name, value in zip(case.out_names, got, strict=True):
         try:
-            value = np.asarray(value, dtype=np.float64)
+            raw = np.asarray(value)
+            if raw.dtype.kind not in "biuf":
+                raise TypeError(f"it holds {raw.dtype} values")
         except Exception as err:
-            return None, (f"{name}: could not read {type(value).__name__} as a NumPy array ({err})",)
+            return None, (f"{name}: could not read {type(value).__name__} as a numeric NumPy array ({err})",)
+        value = raw.astype(np.float64)
         if not np.all(np.isfinite(value)):
             return None, (f"{name} holds NaN or inf",)
         outs.append(value)

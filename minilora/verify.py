@@ -23,7 +23,7 @@ import numpy as np
 
 from . import reference as ref
 from .cases import DTYPES, LinearCase, linear_cases
-from .casework import Case, Report, call, check_result, run_cases
+from .casework import Case, Report, as_outputs, call, check_result, run_cases
 from .diagnose import compare, forward_variants, layer_mistakes, vjp_variants
 
 IN_PLACE = (("W", "merge_in_place"),)
@@ -74,19 +74,19 @@ def _probe(cases) -> LinearCase:
 
 def determinism(fn, case: Case, linear: LinearCase | None) -> list:
     """Two calls on the same inputs must agree: a LoRA layer that differs from itself has dropout on.
-    Returns [] when fn's results cannot be compared (the case's own line already says why)."""
+    Returns [] when fn's results are not valid outputs (the case's own line already says why)."""
     label = "determinism: the first case twice"
-    (first, e1), (second, e2) = call(fn, _copies(case.args)), call(fn, _copies(case.args))
-    try:
-        pairs = list(zip(_tuple(first), _tuple(second), strict=True)) if e1 is None and e2 is None else None
-        worst = max(compare(b, a)[1] for a, b in pairs) if pairs else None
-    except Exception:  # malformed results: the case's own line already says what is wrong with them
-        worst = None
-    if worst is None:
-        return []
+    results = []
+    for _ in range(2):
+        got, err = call(fn, _copies(case.args))
+        outs, problem = (None, True) if err is not None else as_outputs(got, case)
+        if problem:
+            return []
+        results.append(outs)
+    worst = max(compare(b, a)[1] for a, b in zip(*results, strict=True))
     if worst <= case.tol:
         return [check_result(label, True, "two calls on the same inputs agree")]
-    in_adapter_path = linear is None or _in_range_of_B(first, second, linear)
+    in_adapter_path = linear is None or _in_range_of_B(results[0][0], results[1][0], linear)
     return [check_result(label, False, f"two calls on the same inputs differ (rel {worst:.3g})"
                          + ("" if in_adapter_path else ", and not only in the adapter's path"),
                          ["dropout_at_eval"] if in_adapter_path else [])]
@@ -103,9 +103,6 @@ def _in_range_of_B(h1, h2, c: LinearCase) -> bool:
 def _copies(args):
     return tuple(a.copy() if hasattr(a, "copy") else a for a in args)
 
-
-def _tuple(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
 
 
 __all__ = ["check_lora_linear", "check_lora_linear_vjp"]
