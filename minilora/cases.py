@@ -16,6 +16,7 @@ by about 0.1 of its size). float64 (u ≈ 1.1e-16) gets 1e-12 for the same reaso
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -109,10 +110,11 @@ class LinearCase:
                 f"s={s.rule.replace('alpha', 'α').replace('sqrt(r)', '√r')}={s.scale:.4g}")
 
 
-def linear_case(index: int, dtype: str) -> LinearCase:
-    """Case ``index`` of LINEAR_SHAPES in ``dtype``. B is random (not zero) so that every gradient is non-zero
-    and every term of h matters; the adapter's term is about as large as the frozen one."""
-    shape = LINEAR_SHAPES[index]
+def linear_case(index: int, dtype: str, rule: str | None = None) -> LinearCase:
+    """Case ``index`` of LINEAR_SHAPES in ``dtype`` (with the scale rule ``rule`` instead of the shape's own, when
+    given). B is random (not zero) so that every gradient is non-zero and every term of h matters; the adapter's
+    term is about as large as the frozen one."""
+    shape = LINEAR_SHAPES[index] if rule is None else dataclasses.replace(LINEAR_SHAPES[index], rule=rule)
     rng = np.random.default_rng([SEED, index])
     d_in, d_out, r = shape.d_in, shape.d_out, shape.r
     draws = {
@@ -126,12 +128,14 @@ def linear_case(index: int, dtype: str) -> LinearCase:
     return LinearCase(index, dtype, shape, **{k: v.astype(dtype) for k, v in draws.items()})
 
 
-def linear_cases(dtypes=DTYPES) -> list[LinearCase]:
-    """Every shape in every dtype, in a fixed order."""
+def linear_cases(dtypes=DTYPES, rule: str | None = None) -> list[LinearCase]:
+    """Every shape in every dtype, in a fixed order; ``rule`` forces one scale rule on every shape."""
     for dtype in dtypes:
         if dtype not in DTYPES:
             raise ValueError(f"dtypes must be a subset of {DTYPES}, got {dtype!r}")
-    return [linear_case(i, dtype) for i in range(len(LINEAR_SHAPES)) for dtype in dtypes]
+    if rule is not None and rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    return [linear_case(i, dtype, rule) for i in range(len(LINEAR_SHAPES)) for dtype in dtypes]
 
 
 def dropout_mask(rng, shape, p: float, dtype) -> np.ndarray:

@@ -33,6 +33,8 @@ class Case:
     tags: frozenset = frozenset()
     in_place: tuple = ()
     """(argument name, mistake key) pairs: which mistake it is when fn changes that argument."""
+    floor: float = 0.0
+    """Errors are relative to max(max|want|, floor): 1 for results in [0, 1] that may be 0."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ TAG_TEXT = {
     "alpha/r": "s = α/r",
     "alpha/sqrt(r)": "s = α/√r (rsLoRA)",
     "square": "d_in = d_out",
+    "training": "training=True",
+    "eval": "training=False (evaluation)",
 }
 
 
@@ -117,11 +121,12 @@ class Report:
 
 def failure_pattern(results) -> str | None:
     """The tag that exactly the failed cases carry, when some cases pass: "a batch of one", say."""
-    failed = {i for i, r in enumerate(results) if not r.ok}
-    if not failed or len(failed) == len(results):
+    tagged = [r for r in results if r.tags]  # the input→output cases (extra checks carry no tags)
+    failed = {i for i, r in enumerate(tagged) if not r.ok}
+    if not failed or len(failed) == len(tagged) or any(not r.ok for r in results if not r.tags):
         return None
     for tag, text in TAG_TEXT.items():
-        if {i for i, r in enumerate(results) if tag in r.tags} == failed:
+        if {i for i, r in enumerate(tagged) if tag in r.tags} == failed:
             return text
     return None
 
@@ -168,7 +173,7 @@ def run_case(fn, case: Case) -> CaseResult:
     outs, problem = as_outputs(got, case)
     if problem:
         return fail(*problem)
-    errors = [compare(o, w) for o, w in zip(outs, case.want, strict=True)]
+    errors = [compare(o, w, case.floor) for o, w in zip(outs, case.want, strict=True)]
     worst = max(errors, key=lambda e: e[1])
     detail = f"max abs err {worst[0]:.3g}, rel {worst[1]:.3g}"
     ok_each = [rel <= case.tol for _, rel in errors]
@@ -244,23 +249,25 @@ def check_shapes(outs, case: Case):
 
 def diagnose_outputs(case: Case, outs, ok_each) -> list:
     """The mistake each wrong output matches, as keys (one output) or (name, key) pairs (several)."""
-    if case.variants is None:
-        return []
-    variants = list(case.variants())
-    if len(outs) == 1:
-        key = identify(outs[0], case.want[0], [(k, v if v is None else _first(v)) for k, v in variants], case.tol)
-        return [key] if key else []
+    variants = list(case.variants()) if case.variants is not None else []
     found = []
     for i, ok in enumerate(ok_each):
-        if not ok:
-            key = identify(outs[i], case.want[i], [(k, None if v is None else v[i]) for k, v in variants], case.tol)
-            if key:
-                found.append((case.out_names[i], key))
+        if ok:
+            continue
+        w = case.want[i]
+        if np.ndim(w) == 2 and np.shape(w)[0] == np.shape(w)[1] and close(outs[i].T, w, case.tol):
+            key = "output_transposed"  # square, so the shape could not tell
+        else:
+            key = identify(outs[i], w, [(k, None if v is None else _nth(v, i)) for k, v in variants], case.tol,
+                           case.floor)
+        if key:
+            found.append(key if len(outs) == 1 else (case.out_names[i], key))
     return found
 
 
-def _first(v):
-    return v[0] if isinstance(v, tuple) else v
+def _nth(v, i):
+    """Output i of a variant's value: a tuple of outputs, or (for one output) the array itself."""
+    return v[i] if isinstance(v, tuple) else v
 
 
 def check_result(label: str, ok: bool, detail: str, mistakes=(), tags=frozenset()) -> CaseResult:

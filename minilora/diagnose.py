@@ -138,30 +138,31 @@ _CATALOGUE = (
 MISTAKES = {m.key: m for m in _CATALOGUE}
 
 
-def compare(got, want) -> tuple[float, float]:
-    """(max |got − want|, that divided by max |want|) over all entries, in float64. Same shapes required."""
+def compare(got, want, floor: float = 0.0) -> tuple[float, float]:
+    """(max |got − want|, that divided by max(max |want|, floor)) over all entries, in float64. Same shapes
+    required. ``floor`` is the size below which an error counts as absolute (φ ∈ [0, 1] uses 1)."""
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     if got.size == 0:
         return 0.0, 0.0
     err = float(np.max(np.abs(got - want))) if np.all(np.isfinite(got)) else math.inf
-    size = float(np.max(np.abs(want)))
+    size = max(float(np.max(np.abs(want))), floor)
     return err, (err / size if size > 0 else (0.0 if err == 0 else math.inf))
 
 
-def close(got, want, tol: float) -> bool:
-    """max |got − want| <= tol · max |want| (exact equality when tol is 0), and got finite."""
-    return np.shape(got) == np.shape(want) and compare(got, want)[1] <= tol
+def close(got, want, tol: float, floor: float = 0.0) -> bool:
+    """max |got − want| <= tol · max(max |want|, floor) (exact equality when tol is 0), and got finite."""
+    return np.shape(got) == np.shape(want) and compare(got, want, floor)[1] <= tol
 
 
-def identify(got, want, variants, tol: float) -> str | None:
+def identify(got, want, variants, tol: float, floor: float = 0.0) -> str | None:
     """The key of the first variant (key, want under that mistake) that ``got`` matches while differing from
     ``want``; None if none does. A variant whose value is None does not apply to this case."""
     for key, value in variants:
         if value is None or np.shape(value) != np.shape(got):
             continue
-        if close(value, want, 100 * tol):
+        if close(value, want, 100 * tol, floor):
             continue  # indistinguishable from the right answer on this case
-        if close(got, value, tol):
+        if close(got, value, tol, floor):
             return key
     return None
 
