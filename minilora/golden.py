@@ -109,7 +109,7 @@ class GoldenCase:
     def entry(self) -> dict:
         for key, value in self.outputs.items():
             if not np.any(value):
-                raise AssertionError(f"golden case {self.name}: output {key} is all zero (a weak case)")
+                raise RuntimeError(f"golden case {self.name}: output {key} is all zero (a weak case)")
         return {"name": self.name, "op": self.op, "dtype": self.dtype, "tolerance": self.tolerance,
                 "file": self.file, "inputs": list(self.inputs), "outputs": list(self.outputs), **self.meta}
 
@@ -295,7 +295,7 @@ def write_golden(out_dir) -> Path:
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"golden: OUT_DIR {out} exists and is not a folder")
+        raise ValueError(f"OUT_DIR {out} exists and is not a folder")
     cases = golden_cases()
     body = index(cases)
     for case in cases:

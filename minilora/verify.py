@@ -29,40 +29,34 @@ from .diagnose import compare, forward_variants, layer_mistakes, vjp_variants
 IN_PLACE = (("W", "merge_in_place"),)
 
 
-def lora_linear_case(c: LinearCase, alpha_arg: bool = False) -> Case:
-    """The forward case of ``c``. alpha_arg: the checked function gets α instead of the scale (exercises)."""
+def layer_case(c: LinearCase, vjp: bool, alpha_arg: bool = False) -> Case:
+    """The forward case of ``c`` (output h), or with vjp=True its VJP case (g in, (dx, dA, dB) out).
+    alpha_arg: the checked function gets α instead of the scale (the exercises)."""
     s = c.shape
-    last = s.alpha if alpha_arg else c.scale
+    names = ("x", "W", "b", "A", "B", "alpha" if alpha_arg else "scale") + (("g",) if vjp else ())
+    args = (c.x, c.W, c.b, c.A, c.B, s.alpha if alpha_arg else c.scale) + ((c.g,) if vjp else ())
     mistakes = lambda: layer_mistakes(c.W, c.b, c.scale, s.r, s.rule, s.alpha if alpha_arg else None)
-    return Case(c.label, (c.x, c.W, c.b, c.A, c.B, last), ("x", "W", "b", "A", "B", "alpha" if alpha_arg else "scale"),
-                (ref.lora_linear(c.x, c.W, c.b, c.A, c.B, c.scale),), ("h",), c.tol,
+    if vjp:
+        return Case(c.label, args, names, ref.lora_linear_vjp(c.x, c.W, c.b, c.A, c.B, c.scale, c.g),
+                    ("dx", "dA", "dB"), c.tol, lambda: vjp_variants(c.x, c.W, c.A, c.B, c.scale, c.g, mistakes()),
+                    c.tags, IN_PLACE)
+    return Case(c.label, args, names, (ref.lora_linear(c.x, c.W, c.b, c.A, c.B, c.scale),), ("h",), c.tol,
                 lambda: forward_variants(c.x, c.A, c.B, mistakes()), c.tags, IN_PLACE)
-
-
-def lora_linear_vjp_case(c: LinearCase, alpha_arg: bool = False) -> Case:
-    """The VJP case of ``c``: outputs (dx, dA, dB) for the upstream gradient c.g."""
-    s = c.shape
-    last = s.alpha if alpha_arg else c.scale
-    mistakes = lambda: layer_mistakes(c.W, c.b, c.scale, s.r, s.rule, s.alpha if alpha_arg else None)
-    return Case(c.label, (c.x, c.W, c.b, c.A, c.B, last, c.g),
-                ("x", "W", "b", "A", "B", "alpha" if alpha_arg else "scale", "g"),
-                ref.lora_linear_vjp(c.x, c.W, c.b, c.A, c.B, c.scale, c.g), ("dx", "dA", "dB"), c.tol,
-                lambda: vjp_variants(c.x, c.W, c.A, c.B, c.scale, c.g, mistakes()), c.tags, IN_PLACE)
 
 
 def check_lora_linear(fn, *, dtypes=DTYPES) -> Report:
     """Check fn(x, W, b, A, B, scale) -> h against the reference on every case (see the module docstring)."""
     cases = linear_cases(dtypes)
-    report = run_cases("check_lora_linear", fn, [lora_linear_case(c) for c in cases])
-    report.results += determinism(fn, lora_linear_case(_probe(cases)), _probe(cases))
+    report = run_cases("check_lora_linear", fn, [layer_case(c, vjp=False) for c in cases])
+    report.results += determinism(fn, layer_case(_probe(cases), vjp=False), _probe(cases))
     return report
 
 
 def check_lora_linear_vjp(fn, *, dtypes=DTYPES) -> Report:
     """Check fn(x, W, b, A, B, scale, g) -> (dx, dA, dB) against the reference on every case."""
     cases = linear_cases(dtypes)
-    report = run_cases("check_lora_linear_vjp", fn, [lora_linear_vjp_case(c) for c in cases])
-    report.results += determinism(fn, lora_linear_vjp_case(_probe(cases)), None)
+    report = run_cases("check_lora_linear_vjp", fn, [layer_case(c, vjp=True) for c in cases])
+    report.results += determinism(fn, layer_case(_probe(cases), vjp=True), None)
     return report
 
 

@@ -11,23 +11,23 @@ from __future__ import annotations
 
 from ..cases import linear_cases
 from ..casework import CaseResult, check_result, run_cases
-from ..verify import lora_linear_case, lora_linear_vjp_case
+from ..verify import layer_case
 from .watch import Tagged, watching
 
 
 def check_lora_forward(fn):
-    cases = [lora_linear_case(c, alpha_arg=True) for c in linear_cases(rule="alpha/r")]
+    cases = [layer_case(c, vjp=False, alpha_arg=True) for c in linear_cases(rule="alpha/r")]
     return run_cases("lora_forward", fn, cases)
 
 
 def check_lora_forward_rslora(fn):
-    cases = [lora_linear_case(c, alpha_arg=True) for c in linear_cases(rule="alpha/sqrt(r)")]
+    cases = [layer_case(c, vjp=False, alpha_arg=True) for c in linear_cases(rule="alpha/sqrt(r)")]
     return run_cases("lora_forward_rslora", fn, cases)
 
 
 def check_lora_vjp(fn):
     linear = linear_cases(rule="alpha/r")
-    report = run_cases("lora_vjp", fn, [lora_linear_vjp_case(c, alpha_arg=True) for c in linear])
+    report = run_cases("lora_vjp", fn, [layer_case(c, vjp=True, alpha_arg=True) for c in linear])
     report.results.append(watch_for_dW(fn, next(c for c in linear if len(c.x.shape) == 3)))
     return report
 
