@@ -35,7 +35,7 @@ import safetensors.numpy
 from ..checkpoint import atomic_write_bytes, atomic_write_json
 from ..config import GPTConfig
 from ..tree import flatten, unflatten
-from ..validate import check_finite, check_params
+from ..validate import check_finite, check_params, expected_param_shapes
 from .safetensors_raw import read_tensors
 
 NONFINITE_HINT = "pass allow_nonfinite=True to load it anyway (for inspecting a broken file)"
@@ -219,7 +219,8 @@ def params_from_hf(arrays: dict, dtypes: dict, config: GPTConfig, where) -> dict
         raise ValueError(f"{where}: unexpected tensor(s) {extra[:5]}{' ...' if len(extra) > 5 else ''}: "
                          "not part of a GPT-2 minilora can represent")
     dtype = np.result_type(*{a.dtype for a in flat.values()})  # float32, or float64 if any (exact widening)
-    return unflatten({k: v.astype(dtype, copy=False) for k, v in flat.items()})
+    order = expected_param_shapes(config)  # init_params' order of keys
+    return unflatten({k: flat[k].astype(dtype, copy=False) for k in order})
 
 
 # ---- files ------------------------------------------------------------------------------------------------
