@@ -174,7 +174,13 @@ def _as_minilora(pairs: dict, opts: PeftOptions, modules: dict, config: GPTConfi
     lora_config = LoraConfig(r=r, alpha=float(alpha), targets=tuple(targets), dropout=opts.lora_dropout,
                              use_rslora=opts.use_rslora,
                              layers=None if layers == tuple(range(config.n_layer)) else layers)
-    return {"blocks": blocks}, lora_config
+    try:
+        lora_config.check_against(config)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    lora = {"blocks": blocks}
+    check_flat(flatten(lora), expected_lora_shapes(config, lora_config), f"adapter {where}")
+    return lora, lora_config
 
 
 def _from_metadata(pairs: dict, opts: PeftOptions, modules: dict, info: dict, config: GPTConfig, where):
