@@ -25,7 +25,6 @@ forward and are ignored.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -35,10 +34,8 @@ import safetensors.numpy
 from ..checkpoint import atomic_write_bytes, atomic_write_json
 from ..config import GPTConfig
 from ..tree import flatten, unflatten
-from ..validate import check_finite, check_params, expected_param_shapes
-from .safetensors_raw import read_tensors
-
-NONFINITE_HINT = "pass allow_nonfinite=True to load it anyway (for inspecting a broken file)"
+from ..validate import check_params, expected_param_shapes
+from .files import read_finite_tensors, read_json
 
 # The tanh approximation 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))), minilora's ops.gelu, under its three names
 # in transformers.activations.ACT2FN: NewGELUActivation, torch's gelu(approximate="tanh"), and its Python twin.
@@ -225,19 +222,20 @@ def params_from_hf(arrays: dict, dtypes: dict, config: GPTConfig, where) -> dict
 
 # ---- files ------------------------------------------------------------------------------------------------
 
-def _read_weights(path: Path) -> tuple[dict, dict, str]:
+def _read_weights(path: Path, allow_nonfinite: bool) -> tuple[dict, dict, str]:
     """(arrays, file dtypes, description) of model.safetensors or of the shards an index lists."""
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
     if single.is_file():
-        arrays, dtypes, _ = read_tensors(single)
+        arrays, dtypes, _ = read_finite_tensors(single, allow_nonfinite)
         return arrays, dtypes, str(single)
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        weight_map = read_json(index)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index}: no 'weight_map' object")
         arrays, dtypes = {}, {}
         for shard in sorted(set(weight_map.values())):
-            a, d, _ = read_tensors(path / shard)
+            a, d, _ = read_finite_tensors(path / shard, allow_nonfinite)
             stray = [k for k in a if weight_map.get(k) != shard]
             if stray:
                 raise ValueError(f"{path / shard}: tensor {stray[0]!r} is not listed for this shard in {index.name}")
@@ -264,17 +262,8 @@ def load_hf_gpt2(path, *, allow_nonfinite: bool = False) -> tuple[dict, GPTConfi
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{str(path)!r} is not a folder (expected config.json + model.safetensors)")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json")
-    try:
-        hf = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON: {err}") from None
-    config = gpt_config_from_hf(hf, str(config_file))
-    arrays, dtypes, where = _read_weights(path)
-    if not allow_nonfinite:
-        check_finite(arrays, where, NONFINITE_HINT)
+    config = gpt_config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
+    arrays, dtypes, where = _read_weights(path, allow_nonfinite)
     params = params_from_hf(arrays, dtypes, config, where)
     check_params(params, config)
     return params, config

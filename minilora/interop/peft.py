@@ -40,9 +40,9 @@ from ..checkpoint import atomic_write_bytes, atomic_write_json
 from ..config import GPTConfig
 from ..lora import LoraConfig
 from ..tree import flatten
-from ..validate import check_finite, check_flat, expected_lora_shapes
+from ..validate import check_flat, expected_lora_shapes
+from .files import read_finite_tensors, read_json
 from .peft_config import PeftOptions, options_from_peft
-from .safetensors_raw import read_tensors
 
 PREFIX = "base_model.model."
 QKV = ("wq", "wk", "wv")
@@ -53,7 +53,6 @@ TARGET_NAME = {"attn.c_attn": "c_attn", "attn.c_proj": "attn.c_proj", "mlp.c_fc"
 HINTS = {"lora_magnitude_vector": "DoRA's magnitude vector", "lora_B.bias": "lora_bias",
          "modules_to_save": "modules_to_save", "lora_embedding": "an embedding adapter",
          "original_module": "modules_to_save"}
-NONFINITE_HINT = "pass allow_nonfinite=True to load it anyway (for inspecting a broken file)"
 
 
 # ---- GPT-2's module names, as PEFT sees them -------------------------------------------------------------
@@ -229,17 +228,8 @@ def load_peft_adapter(path, config: GPTConfig, *, allow_nonfinite: bool = False,
     if not weights.is_file() and (path / "adapter_model.bin").is_file():
         raise ValueError(f"{path} has only adapter_model.bin, a pickle, which minilora never loads; re-save it "
                          "with PEFT's save_pretrained (safe_serialization=True writes adapter_model.safetensors)")
-    for f in (config_file, weights):
-        if not f.is_file():
-            raise FileNotFoundError(f"{path} has no {f.name} (a PEFT adapter folder holds both files)")
-    try:
-        cfg = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON: {err}") from None
-    opts = options_from_peft(cfg, str(config_file))
-    arrays, _, metadata = read_tensors(weights)
-    if not allow_nonfinite:
-        check_finite(arrays, str(weights), NONFINITE_HINT)
+    opts = options_from_peft(read_json(config_file), str(config_file))
+    arrays, _, metadata = read_finite_tensors(weights, allow_nonfinite)
     modules = _matched(opts, config, _root_of(arrays, weights), str(config_file))
     pairs = _take_tensors(arrays, modules, config, str(weights))
     dtype = np.result_type(*{a.dtype for pair in pairs.values() for a in pair})

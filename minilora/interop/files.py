@@ -1,0 +1,28 @@
+"""What both foreign-file readers do first: read a JSON config, and read tensors refusing NaN/inf."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..validate import check_finite
+from .safetensors_raw import read_tensors
+
+NONFINITE_HINT = "pass allow_nonfinite=True to load it anyway (for inspecting a broken file)"
+
+
+def read_json(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} has no {path.name}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def read_finite_tensors(path: Path, allow_nonfinite: bool, where: str | None = None) -> tuple[dict, dict, dict]:
+    """read_tensors(path), refusing (naming the tensor) NaN/inf unless allow_nonfinite."""
+    arrays, dtypes, metadata = read_tensors(path)
+    if not allow_nonfinite:
+        check_finite(arrays, where or str(path), NONFINITE_HINT)
+    return arrays, dtypes, metadata
