@@ -96,9 +96,8 @@ def _factors(c: float) -> tuple[float, float]:
     return math.copysign(root, c), root
 
 
-def _combine_matrix(parts, how, out: LoraConfig, shape, dtype):
+def _combine_matrix(parts, how, out: LoraConfig, dtype):
     """{"A", "B"} of one matrix from [(A, B, scale·weight)] of the adapters that adapt it."""
-    d_out, d_in = shape
     s = out.scale
     if how == "svd":
         dw = sum(c * (B.astype(np.float64) @ A.astype(np.float64)) for A, B, c in parts)  # (d_out, d_in)
@@ -149,6 +148,6 @@ def combine(adapters, weights, how: str, *, rank: int | None = None) -> tuple[di
             if not parts:  # "svd"/"linear": adapted by no input here (union of targets × layers), ΔW = 0
                 d_out, d_in = config.matrix_shape(t)
                 parts = [(np.zeros((out.r, d_in)), np.zeros((d_out, out.r)), 0.0)]
-            block[t] = _combine_matrix(parts, how, out, config.matrix_shape(t), dtype)
+            block[t] = _combine_matrix(parts, how, out, dtype)
         blocks.append(block)
     return {"blocks": blocks}, out

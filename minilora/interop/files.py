@@ -12,6 +12,7 @@ NONFINITE_HINT = "pass allow_nonfinite=True to load it anyway (for inspecting a 
 
 
 def read_json(path: Path):
+    """The JSON value in the file; FileNotFoundError or ValueError naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"{path.parent} has no {path.name}")
     try:
@@ -20,9 +21,9 @@ def read_json(path: Path):
         raise ValueError(f"{path} is not valid JSON: {err}") from None
 
 
-def read_finite_tensors(path: Path, allow_nonfinite: bool, where: str | None = None) -> tuple[dict, dict, dict]:
+def read_finite_tensors(path: Path, allow_nonfinite: bool) -> tuple[dict, dict, dict]:
     """read_tensors(path), refusing (naming the tensor) NaN/inf unless allow_nonfinite."""
     arrays, dtypes, metadata = read_tensors(path)
     if not allow_nonfinite:
-        check_finite(arrays, where or str(path), NONFINITE_HINT)
+        check_finite(arrays, str(path), NONFINITE_HINT)
     return arrays, dtypes, metadata

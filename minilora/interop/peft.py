@@ -136,7 +136,7 @@ def _take_tensors(arrays: dict, modules: dict, config: GPTConfig, where) -> dict
     return out
 
 
-def _check_uniform(modules: dict, opts: PeftOptions, config: GPTConfig, where) -> tuple[int, float, tuple]:
+def _check_uniform(modules: dict, opts: PeftOptions, where) -> tuple[int, float, tuple]:
     """(r, alpha, layers) when every adapted module has the same (r, alpha) and every adapted block the same
     modules: the adapters minilora's LoraConfig can represent."""
     values = {(r, alpha) for _, r, alpha in modules.values()}
@@ -161,7 +161,7 @@ def _check_uniform(modules: dict, opts: PeftOptions, config: GPTConfig, where) -
 
 def _as_minilora(pairs: dict, opts: PeftOptions, modules: dict, config: GPTConfig, where) -> tuple[dict, LoraConfig]:
     """PEFT's adapter as minilora's: c_attn's one A copied to wq, wk, wv and its B split in three."""
-    r, alpha, layers = _check_uniform(modules, opts, config, where)
+    r, alpha, layers = _check_uniform(modules, opts, where)
     d = config.d_model
     blocks = [{} for _ in range(config.n_layer)]
     targets = set()
