@@ -121,6 +121,8 @@ PEFT_CONFIGS = {
     "exclude": dict(r=2, lora_alpha=4, target_modules=["c_proj", "c_attn"], exclude_modules=["mlp.c_proj"]),
     "uniform-patterns": dict(r=2, lora_alpha=7, target_modules=["c_attn", "c_fc"], rank_pattern={"c_attn": 2},
                              alpha_pattern={"c_fc": 7}),
+    "ranks-differ-scale-same": dict(r=2, lora_alpha=3, target_modules=["c_attn", "c_proj"],
+                                    rank_pattern={"c_proj": 4}, alpha_pattern={"c_proj": 6}),
     "layer-int-pattern": dict(r=1, lora_alpha=0.5, target_modules=["c_attn"], layers_to_transform=1,
                               layers_pattern="h"),
 }

@@ -19,9 +19,11 @@ What is exact and what is not:
   PEFT's rank_pattern / alpha_pattern give c_attn its rank when both kinds are adapted.
 - Not the same in training: PEFT trains the one shared A of c_attn (and the zero blocks of B' fill in), minilora
   trains separate A's; PEFT draws one dropout mask on c_attn's input, minilora one per matrix.
-- minilora's LoraConfig has one r and one alpha, so a PEFT file whose rank_pattern / alpha_pattern give its
-  modules different ranks or alphas is refused, naming the pattern (never approximated); so is a file that does
-  not adapt the same modules in every adapted block.
+- minilora's LoraConfig has one r and one alpha. A PEFT file whose rank_pattern / alpha_pattern give its
+  modules different ranks but one scale (bit for bit) is read with every adapter zero-padded to the largest
+  rank: exact, in training too (the zero rows of A meet zero columns of B, so both gradients stay zero).
+  Different scales are refused, naming the pattern (never approximated); so is a file that does not adapt the
+  same modules in every adapted block.
 - Files written here carry minilora's LoraConfig in the safetensors metadata ("minilora"); PEFT ignores it.
   Reading such a file gives back the very tree that was saved (bitwise), after checking that the tensors still
   have the structure written (zero blocks still zero); ``minilora_metadata=False`` reads it as PEFT would.
@@ -136,18 +138,43 @@ def _take_tensors(arrays: dict, modules: dict, config: GPTConfig, where) -> dict
     return out
 
 
-def _check_uniform(modules: dict, opts: PeftOptions, where) -> tuple[int, float, tuple]:
-    """(r, alpha, layers) when every adapted module has the same (r, alpha) and every adapted block the same
-    modules: the adapters minilora's LoraConfig can represent."""
+def _alpha_for(scale: float, r: int, use_rslora: bool) -> float | None:
+    """An alpha whose scale at rank r is ``scale`` bit for bit (among the floats nearest scale·r), or None."""
+    of = (lambda a: a / math.sqrt(r)) if use_rslora else (lambda a: a / r)
+    first = scale * (math.sqrt(r) if use_rslora else r)
+    candidates, down, up = [first], first, first
+    for _ in range(4):
+        down, up = math.nextafter(down, 0.0), math.nextafter(up, math.inf)
+        candidates += [up, down]
+    return next((a for a in candidates if of(a) == scale), None)
+
+
+def _common_rank_alpha(modules: dict, opts: PeftOptions, where) -> tuple[int, float]:
+    """The one (r, alpha) of every adapted module; or, where the ranks differ but every module has the same
+    scale (bit for bit), the largest rank and an alpha giving that scale: the smaller adapters are then
+    zero-padded, which changes neither the function nor training (zero rows of A meet zero columns of B, so
+    both gradients stay zero)."""
     values = {(r, alpha) for _, r, alpha in modules.values()}
-    if len(values) > 1:
-        (key1, *ra1), (key2, *ra2) = next(((a, b) for a in modules.values() for b in modules.values()
-                                          if a[1:] != b[1:]))
-        patterns = {n: dict(p) for n, p in (("rank_pattern", opts.rank_pattern), ("alpha_pattern",
-                                                                                   opts.alpha_pattern)) if p}
-        raise ValueError(f"{where}: {patterns or 'the patterns'} give {key1} (r, alpha) = {tuple(ra1)} but "
-                         f"{key2} {tuple(ra2)}; minilora's LoraConfig has one r and one alpha for every adapted "
-                         "matrix, so this adapter cannot be represented exactly")
+    if len(values) == 1:
+        return next(iter(values))
+    scales = {opts.scale(key) for key, _, _ in modules.values()}
+    R = max(r for r, _ in values)
+    alpha = _alpha_for(next(iter(scales)), R, opts.use_rslora) if len(scales) == 1 else None
+    if alpha is not None:
+        return R, alpha
+    (key1, *ra1), (key2, *ra2) = next(((a, b) for a in modules.values() for b in modules.values()
+                                      if opts.scale(a[0]) != opts.scale(b[0])), (None, None))
+    patterns = {n: dict(p) for n, p in (("rank_pattern", opts.rank_pattern), ("alpha_pattern",
+                                                                               opts.alpha_pattern)) if p}
+    raise ValueError(f"{where}: {patterns or 'the patterns'} give {key1} (r, alpha) = {tuple(ra1)} but "
+                     f"{key2} {tuple(ra2)}, different scales; minilora's LoraConfig has one r and one alpha "
+                     "for every adapted matrix, so this adapter cannot be represented exactly")
+
+
+def _check_uniform(modules: dict, opts: PeftOptions, where) -> tuple[int, float, tuple]:
+    """(r, alpha, layers) when every adapted block adapts the same modules, with one scale: the adapters
+    minilora's LoraConfig can represent."""
+    r, alpha = _common_rank_alpha(modules, opts, where)
     layers = sorted({i for i, _ in modules})
     suffixes = sorted({s for _, s in modules})
     for i in layers:
@@ -155,7 +182,6 @@ def _check_uniform(modules: dict, opts: PeftOptions, where) -> tuple[int, float,
             if (i, s) not in modules:
                 raise ValueError(f"{where}: block {i} does not adapt {s} while another block does; minilora "
                                  "adapts the same matrices in every adapted block")
-    (r, alpha), = values
     return r, alpha, tuple(layers)
 
 
@@ -166,6 +192,8 @@ def _as_minilora(pairs: dict, opts: PeftOptions, modules: dict, config: GPTConfi
     blocks = [{} for _ in range(config.n_layer)]
     targets = set()
     for (i, suffix), (A, B) in pairs.items():
+        pad = r - A.shape[0]  # > 0 only for a smaller rank with the same scale: zero rows of A, columns of B
+        A, B = np.pad(A, ((0, pad), (0, 0))), np.pad(B, ((0, 0), (0, pad)))  # (r, d_in), (d_out, r)
         for k, t in enumerate(MODULES[suffix]):
             rows = B[k * d:(k + 1) * d] if suffix == "attn.c_attn" else B  # (d_out, r)
             blocks[i][t] = {"A": A.copy(), "B": np.ascontiguousarray(rows)}
@@ -246,17 +274,11 @@ def load_peft_adapter(path, config: GPTConfig, *, allow_nonfinite: bool = False,
 # ---- writing ---------------------------------------------------------------------------------------------
 
 def _c_attn_alpha(lora_config: LoraConfig, n: int) -> float:
-    """lora_alpha for c_attn at rank n·r whose PEFT scale equals lora_config.scale (bit for bit if one of the
-    floats nearest to n·α, or √n·α with rsLoRA, gives it)."""
-    r, s = n * lora_config.r, lora_config.scale
+    """lora_alpha for c_attn at rank n·r whose PEFT scale equals lora_config.scale (bit for bit where one of the
+    floats nearest to n·α, or √n·α with rsLoRA, gives it; else that float, within one ulp of the scale)."""
     first = lora_config.alpha * (math.sqrt(n) if lora_config.use_rslora else n)
-    scale = (lambda a: a / math.sqrt(r)) if lora_config.use_rslora else (lambda a: a / r)
-    candidates = [first]
-    down = up = first
-    for _ in range(4):
-        down, up = math.nextafter(down, 0.0), math.nextafter(up, math.inf)
-        candidates += [up, down]
-    return next((a for a in candidates if scale(a) == s), first)
+    exact = _alpha_for(lora_config.scale, n * lora_config.r, lora_config.use_rslora)
+    return first if exact is None else exact
 
 
 def _plan(lora_config: LoraConfig, config: GPTConfig) -> dict:
