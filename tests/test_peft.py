@@ -147,7 +147,7 @@ def test_c_attn_scale_equals_minilora_scale(rslora):
 
 def test_c_attn_is_three_adapters_sharing_a(tmp_path):
     t = peft_folder(tmp_path, _every(["attn.c_attn"], 2), r=2, lora_alpha=3, target_modules=["c_attn"],
-                    lora_dropout=0.05)
+                    lora_dropout=0.05, fan_in_fan_out=False)  # PEFT forces True for Conv1D; shapes are the same
     lora, lcfg = load_peft_adapter(tmp_path, CFG)
     assert lcfg == LoraConfig(r=2, alpha=3, targets=("wq", "wk", "wv"), dropout=0.05)
     A = t["base_model.model.transformer.h.2.attn.c_attn.lora_A.weight"]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 HARMLESS = {
     "peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
     "inference_mode", "megatron_core", "qalora_group_size", "eva_config", "ensure_weight_tying",
-    "init_lora_weights", "loftq_config", "corda_config", "lora_ga_config",
+    "init_lora_weights", "loftq_config", "corda_config", "lora_ga_config", "runtime_config",
 }
 READ = {"r", "lora_alpha", "target_modules", "exclude_modules", "lora_dropout", "fan_in_fan_out", "use_rslora",
         "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern"}
