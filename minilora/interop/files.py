@@ -27,3 +27,16 @@ def read_finite_tensors(path: Path, allow_nonfinite: bool) -> tuple[dict, dict, 
     if not allow_nonfinite:
         check_finite(arrays, str(path), NONFINITE_HINT)
     return arrays, dtypes, metadata
+
+
+def take_tensor(arrays: dict, key: str, shape: tuple, where: str, name: str | None = None, why: str = ""):
+    """Pop arrays[key], a float tensor of this shape, or ValueError naming it (as ``name``, default key)."""
+    name = name or key
+    if key not in arrays:
+        raise ValueError(f"{where}: tensor {name} is missing{why}")
+    a = arrays.pop(key)
+    if a.shape != shape:
+        raise ValueError(f"{where}: tensor {name} has shape {a.shape}, expected {shape}{why}")
+    if a.dtype.kind != "f":
+        raise ValueError(f"{where}: tensor {name} has dtype {a.dtype}, expected a float")
+    return a

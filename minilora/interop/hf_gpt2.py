@@ -35,7 +35,7 @@ from ..checkpoint import atomic_write_bytes, atomic_write_json
 from ..config import GPTConfig
 from ..tree import flatten, unflatten
 from ..validate import check_params, expected_param_shapes
-from .files import read_finite_tensors, read_json
+from .files import read_finite_tensors, read_json, take_tensor
 
 # The tanh approximation 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))), minilora's ops.gelu, under its three names
 # in transformers.activations.ACT2FN: NewGELUActivation, torch's gelu(approximate="tanh"), and its Python twin.
@@ -203,13 +203,7 @@ def params_from_hf(arrays: dict, dtypes: dict, config: GPTConfig, where) -> dict
     _check_head(arrays, dtypes, prefix, where)
     flat = {}
     for name, shape, paths, to_minilora, _ in tensor_map(config):
-        if name not in arrays:
-            raise ValueError(f"{where}: tensor {prefix}{name} is missing (a GPT-2 with {config} needs it)")
-        a = arrays.pop(name)
-        if a.shape != shape:
-            raise ValueError(f"{where}: tensor {prefix}{name} has shape {a.shape}, expected {shape} for {config}")
-        if a.dtype.kind != "f":
-            raise ValueError(f"{where}: tensor {prefix}{name} has dtype {dtypes[prefix + name]}, expected a float")
+        a = take_tensor(arrays, name, shape, where, prefix + name, f" (for a GPT-2 with {config})")
         flat.update(zip(paths, to_minilora(a), strict=True))
     if arrays:
         extra = sorted(prefix + k if k != "lm_head.weight" else k for k in arrays)

@@ -43,7 +43,7 @@ from ..config import GPTConfig
 from ..lora import LoraConfig
 from ..tree import flatten
 from ..validate import check_flat, expected_lora_shapes
-from .files import read_finite_tensors, read_json
+from .files import read_finite_tensors, read_json, take_tensor
 from .peft_config import PeftOptions, options_from_peft
 
 PREFIX = "base_model.model."
@@ -118,18 +118,9 @@ def _take_tensors(arrays: dict, modules: dict, config: GPTConfig, where) -> dict
     out = {}
     for place, (key, r, _) in modules.items():
         d_out, d_in = _module_shape(place[1], config)
-        pair = []
-        for factor, shape in (("lora_A", (r, d_in)), ("lora_B", (d_out, r))):
-            name = f"{PREFIX}{key}.{factor}.weight"
-            if name not in arrays:
-                raise ValueError(f"{where}: tensor {name} is missing (the config adapts {key})")
-            a = arrays.pop(name)
-            if a.shape != shape:
-                raise ValueError(f"{where}: tensor {name} has shape {a.shape}, expected {shape} (r={r})")
-            if a.dtype.kind != "f":
-                raise ValueError(f"{where}: tensor {name} has dtype {a.dtype}, expected a float")
-            pair.append(a)
-        out[place] = tuple(pair)
+        out[place] = tuple(take_tensor(arrays, f"{PREFIX}{key}.{factor}.weight", shape, where,
+                                       why=f" (the config adapts {key} with r={r})")
+                           for factor, shape in (("lora_A", (r, d_in)), ("lora_B", (d_out, r))))
     if arrays:
         name = sorted(arrays)[0]
         hint = next((f" ({what}, which minilora does not support)" for k, what in HINTS.items() if k in name), "")
