@@ -110,7 +110,7 @@ def test_old_files_without_prefix_with_buffers_and_a_stored_head(tmp_path):
      r"transformer.wte.weight has shape \(36, 16\), expected \(37, 16\)"),
     (lambda a: {**{k.removeprefix("transformer.") if "h.0" in k else k: v for k, v in a.items()}},
      "lacks the 'transformer.' prefix"),
-    (lambda a: {**a, "transformer.ln_f.bias": np.arange(16)}, "transformer.ln_f.bias has dtype int64, expected a float"),
+    (lambda a: {**a, "transformer.ln_f.bias": np.arange(16)}, "ln_f.bias has dtype int64, expected a float"),
 ])
 def test_refuses_what_it_cannot_load_naming_the_tensor(tmp_path, edit, match):
     folder, _ = _saved(tmp_path)
