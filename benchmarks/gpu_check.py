@@ -62,7 +62,8 @@ F64_GRAD_TOL = 1e-10
 TRAIN_LOSS_TOL = 1e-3  # float32 over AdamW steps: a noise-level gradient's sign moves its weight by 2·lr either way
 GOAL_MINILORA_OVER_TORCH = 2.0
 CARRY_AUTOGRAD = (
-    "autograd is not importable: it is pure Python, carry its wheel. In the repository root, where it is installed:\n"
+    "autograd (or something it imports) is not importable. autograd is pure Python: carry its wheel.\n"
+    "In the repository root, on a machine where it is installed:\n"
     "  echo /.whl/ >> .git/info/exclude; mkdir -p .whl; cp /opt/pypi/files/autograd-1.9.1-py3-none-any.whl .whl/\n"
     "  (or: python3 -m pip download --no-deps autograd==1.9.1 -d .whl), then on this machine, with carry ['.whl']:\n"
     "  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD"
@@ -259,6 +260,11 @@ def parity_of(mode, host, dev, cfg, lcfg, name, tol, report):
     verdict = report.bound(f"parity {name}", max(err, loss_err), tol)
     report.line(f"  {name:12s} loss rel err {loss_err:.2e}  grads max rel err {err:.2e}  (<= {tol:g}: "
                 f"{verdict})  second GPU run: {'bit-identical' if repeat == 0 else f'differs by {repeat:.1e}'}")
+    promoted = sorted({f"{a.dtype}->{b.dtype}" for a, b in zip(_leaves(host[1]), _leaves(first[1]), strict=True)
+                       if a.dtype != b.dtype})  # a type promotion that differs from NumPy's would show here
+    if promoted:
+        report.failed.append(f"parity {name}: gradient dtypes differ from NumPy's: {promoted}")
+        report.line(f"  {name:12s} gradient dtypes differ from NumPy's: {promoted}")
     return {"loss_rel_err": loss_err, "grad_max_rel_err": err, "rerun_max_rel_diff": repeat}
 
 
@@ -637,8 +643,8 @@ def main(argv=None) -> int:
         return 0
     try:
         import autograd  # noqa: F401
-    except ImportError:
-        report.line(CARRY_AUTOGRAD)
+    except ImportError as err:
+        report.line(f"gpu_check: {type(err).__name__}: {err}\n{CARRY_AUTOGRAD}")
         return 2
     from minilora import backend
 
