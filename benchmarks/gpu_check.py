@@ -633,6 +633,25 @@ def run_sections(xp, torch, device, report, budget):
         report.line(f"  ({name}: {time.perf_counter() - t0:.1f} s)")
 
 
+def summary(report):
+    """The figures a closing note quotes, in a few lines."""
+    d = report.data
+    report.line("== summary")
+    if isinstance(d.get("parity"), dict):
+        report.line("  parity (max rel err, grads): " + ", ".join(f"{k} {v['grad_max_rel_err']:.1e}"
+                                                                  for k, v in d["parity"].items()))
+    if isinstance(d.get("training"), dict):
+        report.line("  train() loss max rel diff: " + ", ".join(f"{k} {v['loss_max_rel_diff']:.1e}"
+                                                                for k, v in d["training"].items()))
+    speed = d.get("speed")
+    if isinstance(speed, dict) and "steps" in speed:
+        report.line(f"  step (loss + gradients), batch {speed['batch']} x T {speed['T']}: " + ", ".join(
+            f"{k} {v['median']:.1f} ms ({v['tflops']:.1f} TFLOP/s)" for k, v in speed["steps"].items()))
+        report.line("  ratios: " + ", ".join(f"{k} {v[0]:.2f}" for k, v in speed["ratios"].items()))
+        if "train_loop_ms" in speed:
+            report.line("  train() ms/step: " + ", ".join(f"{k} {v:.1f}" for k, v in speed["train_loop_ms"].items()))
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     report = Report()
@@ -663,6 +682,7 @@ def main(argv=None) -> int:
         backend._xp = before
     report.data.update(seconds=time.perf_counter() - t_start, failed=report.failed, broken=report.broken,
                        standin=args.standin, what=what)
+    summary(report)
     report.line(f"== done in {report.data['seconds']:.0f} s: " + ("all bounds held" if not report.failed
                 else "FAILED " + "; ".join(report.failed)) + (f"; broken: {report.broken}" if report.broken else ""))
     if args.json:
