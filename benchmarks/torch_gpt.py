@@ -91,16 +91,16 @@ class TorchGPT(nn.Module):
         self.ln_f = nn.LayerNorm(d, eps=cfg.ln_eps)
         self._masks = {}
 
-    def mask(self, T, dtype):
-        key = (T, dtype)
+    def mask(self, T, dtype, device=None):
+        key = (T, dtype, device)
         if key not in self._masks:
-            self._masks[key] = torch.triu(torch.full((T, T), float("-inf"), dtype=dtype), diagonal=1)
+            self._masks[key] = torch.triu(torch.full((T, T), float("-inf"), dtype=dtype, device=device), diagonal=1)
         return self._masks[key]
 
     def forward(self, tokens):  # tokens (B, T) int64 -> logits (B, T, V)
         T = tokens.shape[1]
         x = self.wte[tokens] + self.wpe[:T]
-        mask = self.mask(T, x.dtype)
+        mask = self.mask(T, x.dtype, x.device)  # on the activations' device (benchmarks/gpu_check.py: CUDA)
         for block in self.blocks:
             x = block(x, mask)
         return F.linear(self.ln_f(x), self.wte)  # tied output layer

@@ -1,20 +1,31 @@
 """The paper's Section 7 analyses: subspace similarity between adapters, and how ΔW relates to W.
 
 Everything here takes plain arrays and returns plain numbers, so it works on any adapter (minilora's, or A and B
-read from PEFT/PyTorch), with W stored (d_out, d_in) and A (r, d_in).
+read from PEFT/PyTorch), with W stored (d_out, d_in) and A (r, d_in). The arithmetic runs on the module that owns
+the inputs (NumPy, or CuPy for adapters trained on a GPU: nothing is copied to the host but the numbers returned);
+host inputs given beside device ones are moved to that device. Everything is computed in float64.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .backend import array_module, to_device
 
-def right_singular_vectors(A) -> np.ndarray:
+
+def _float64(*arrays):
+    """(xp, the arrays as float64 arrays of xp): xp owns the first device array among them, else it is NumPy.
+    Host inputs beside a device array are copied to that device (explicitly, by xp.asarray)."""
+    xp = array_module(*arrays)
+    return xp, [xp.asarray(a, dtype=xp.float64) for a in arrays]
+
+
+def right_singular_vectors(A):
     """Rows of Vh in A = U Σ Vh, in order of decreasing singular value: (min(r, d_in), d_in)."""
-    A = np.asarray(A, dtype=np.float64)
+    xp, (A,) = _float64(A)
     if A.ndim != 2:
         raise ValueError(f"A must be a 2-D (r, d_in) matrix, got shape {A.shape}")
-    return np.linalg.svd(A, full_matrices=False)[2]  # (r, d_in)
+    return xp.linalg.svd(A, full_matrices=False)[2]  # (r, d_in)
 
 
 def subspace_similarity(A1, A2, i: int, j: int) -> float:
@@ -33,26 +44,30 @@ def subspace_similarity(A1, A2, i: int, j: int) -> float:
     return float((overlap**2).sum() / min(i, j))
 
 
-def subspace_similarity_grid(A1, A2, max_i: int | None = None, max_j: int | None = None) -> np.ndarray:
-    """(max_i, max_j) array of φ(A1, A2, i, j) for i = 1..max_i, j = 1..max_j (a Figure 3 heatmap)."""
+def subspace_similarity_grid(A1, A2, max_i: int | None = None, max_j: int | None = None):
+    """(max_i, max_j) array of φ(A1, A2, i, j) for i = 1..max_i, j = 1..max_j (a Figure 3 heatmap), on the
+    inputs' module."""
+    xp, (A1, A2) = _float64(A1, A2)
     V1, V2 = right_singular_vectors(A1), right_singular_vectors(A2)
     max_i = V1.shape[0] if max_i is None else max_i
     max_j = V2.shape[0] if max_j is None else max_j
     sq = (V1[:max_i] @ V2[:max_j].T) ** 2  # (max_i, max_j)
     cum = sq.cumsum(axis=0).cumsum(axis=1)  # cum[i-1, j-1] = ‖U1^{i⊤} U2^{j}‖²_F
-    mins = np.minimum.outer(np.arange(1, max_i + 1), np.arange(1, max_j + 1))
+    mins = xp.minimum.outer(xp.arange(1, max_i + 1), xp.arange(1, max_j + 1))  # (max_i, max_j)
     return cum / mins
 
 
 def top_singular_directions(M, r: int):
     """U (d_out, r) and Vh (r, d_in): the top-r left and right singular vectors of M."""
-    U, _, Vh = np.linalg.svd(np.asarray(M, dtype=np.float64), full_matrices=False)
+    xp, (M,) = _float64(M)
+    U, _, Vh = xp.linalg.svd(M, full_matrices=False)
     return U[:, :r], Vh[:r]
 
 
 def projection_norm(W, U, Vh) -> float:
     """‖Uᵀ W Vhᵀ‖_F: how much of W lies in the subspace spanned by U (left) and Vh (right)."""
-    return float(np.linalg.norm(U.T @ np.asarray(W, dtype=np.float64) @ Vh.T))
+    xp, (W, U, Vh) = _float64(W, U, Vh)
+    return float(xp.linalg.norm(U.T @ W @ Vh.T))
 
 
 def delta_w_vs_w(W, delta, r: int, seed: int = 0) -> dict:
@@ -62,19 +77,18 @@ def delta_w_vs_w(W, delta, r: int, seed: int = 0) -> dict:
     directions). A small projection onto ΔW's directions with a large amplification means ΔW amplifies
     directions W itself does not emphasise.
     """
-    W = np.asarray(W, dtype=np.float64)
-    delta = np.asarray(delta, dtype=np.float64)
+    xp, (W, delta) = _float64(W, delta)
     if W.shape != delta.shape:
         raise ValueError(f"W and delta must have the same shape, got {W.shape} and {delta.shape}")
-    rng = np.random.default_rng(seed)
-    random_U, _ = np.linalg.qr(rng.standard_normal((W.shape[0], r)))  # (d_out, r) orthonormal
-    random_V, _ = np.linalg.qr(rng.standard_normal((W.shape[1], r)))  # (d_in, r) orthonormal
+    rng = np.random.default_rng(seed)  # drawn on the host: the same random directions on every backend
+    random_U, _ = xp.linalg.qr(to_device(rng.standard_normal((W.shape[0], r)), like=W))  # (d_out, r) orthonormal
+    random_V, _ = xp.linalg.qr(to_device(rng.standard_normal((W.shape[1], r)), like=W))  # (d_in, r) orthonormal
     on_delta = projection_norm(W, *top_singular_directions(delta, r))
     return {
         "delta": on_delta,
         "W": projection_norm(W, *top_singular_directions(W, r)),
         "random": projection_norm(W, random_U, random_V.T),
-        "norm_W": float(np.linalg.norm(W)),
-        "norm_delta": float(np.linalg.norm(delta)),
-        "amplification": float(np.linalg.norm(delta) / on_delta) if on_delta > 0 else float("inf"),
+        "norm_W": float(xp.linalg.norm(W)),
+        "norm_delta": float(xp.linalg.norm(delta)),
+        "amplification": float(xp.linalg.norm(delta)) / on_delta if on_delta > 0 else float("inf"),
     }

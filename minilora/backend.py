@@ -1,82 +1,253 @@
-"""The array module that minilora computes with.
+"""The array module that minilora computes with: NumPy on the CPU, CuPy (or any module with NumPy's API) elsewhere.
 
-Every hot op is written against an array module ``xp`` that has NumPy's API: NumPy by default, CuPy when the
-data lives on a GPU. Primitives never import numpy for their arithmetic; they ask ``array_module(x)`` for the
-module that owns their input, so the same code runs wherever the data lives. ``use("cupy")`` registers CuPy
-arrays with autograd and makes ``get_xp()`` return CuPy.
+Two rules decide where an array lives:
 
-Status: initialisation (init_params, init_lora) and LoRA dropout masks still create NumPy arrays, and the CuPy
-path has not yet been run on a GPU; on the CPU everything here is NumPy.
+* The data decides where a computation runs. Every primitive asks ``array_module(x)`` for the module that owns
+  its input and computes with that module, so the same code runs wherever the data lives.
+* The selected backend decides where new arrays go. ``get_xp()`` is that module: NumPy unless ``use(...)`` or
+  the environment variable ``MINILORA_BACKEND`` chose another. ``init_params``, ``init_lora``, the LoRA dropout
+  masks and the file loaders draw or read on the host and move the result with ``to_device``, so a seed gives
+  the same model on every backend. ``to_host(tree)`` brings a tree back; checkpoints are written from host
+  arrays only.
+
+    use("numpy")            the default
+    use("cupy")             CuPy on an NVIDIA GPU (clear ImportError / RuntimeError when missing or no GPU)
+    use(module)             any module with NumPy's API and an ``ndarray`` type (the tests' CPU stand-in)
+
+A non-NumPy module is registered with autograd through its public extension points: its array type is boxed
+like an ndarray (``ArrayBox.register``) and gets a vector space whose zeros and ones come from the array's own
+module (``VSpace.register``). autograd's own ``ArrayVSpace`` cannot be reused: its constructor calls
+``np.asarray`` on the value, an implicit copy to the host that CuPy refuses.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
+import os
 import sys
+import types
 
 import numpy
+from autograd.extend import VSpace
+from autograd.numpy.numpy_boxes import ArrayBox
+from autograd.numpy.numpy_vspaces import ArrayVSpace
+from autograd.tracer import getval
 
-_xp = numpy
+ENV_VAR = "MINILORA_BACKEND"
+BACKENDS = ("numpy", "cupy")
+CUPY_INSTALL = "pip install cupy-cuda12x (CUDA 12) or cupy-cuda13x (CUDA 13), matching the CUDA of your driver"
+CUPY_MIN_MAJOR = 13  # numpy.add.at on a CuPy array (autograd's gradient of x[i]) dispatches to CuPy from 13 on
 
+_xp = None  # the selected module; None until use() is called or MINILORA_BACKEND is first read
+_module_of: dict = {numpy.ndarray: numpy}  # array type -> the module that owns it
+
+
+# ---- choosing the backend ----------------------------------------------------------------------------------
 
 def get_xp():
-    """The array module new arrays are created with (numpy unless ``use("cupy")`` was called)."""
+    """The module new arrays are placed on: NumPy unless ``use(...)`` or ``MINILORA_BACKEND`` chose another."""
+    if _xp is None:
+        use(backend_from_environment())
     return _xp
 
 
-def use(name: str):
-    """Select the array module by name: ``"numpy"`` or ``"cupy"``. Returns the module."""
+def backend_from_environment() -> str:
+    """The backend named by ``MINILORA_BACKEND`` ("numpy" when unset or empty)."""
+    name = os.environ.get(ENV_VAR, "").strip().lower() or "numpy"
+    if name not in BACKENDS:
+        raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {os.environ[ENV_VAR]!r}")
+    return name
+
+
+def use(backend):
+    """Select the backend: ``"numpy"``, ``"cupy"``, or a module object with NumPy's API. Returns the module.
+
+    ``"cupy"`` raises ImportError when CuPy is missing or older than 13, and RuntimeError when it sees no GPU;
+    both messages say what to install or where to run.
+    """
     global _xp
-    if name == "numpy":
-        _xp = numpy
-    elif name == "cupy":
-        try:
-            import cupy
-        except ImportError as err:  # pragma: no cover - depends on the machine
-            raise ImportError("backend 'cupy' needs CuPy: pip install 'minilora[gpu]'") from err
-        _register_cupy_with_autograd(cupy)
-        _xp = cupy
+    if isinstance(backend, str):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS} or a module, got {backend!r}")
+        module = numpy if backend == "numpy" else import_cupy()
+    elif isinstance(backend, types.ModuleType):
+        module = backend
+        if module is not numpy and module.__name__ == "cupy":
+            module = import_cupy()
     else:
-        raise ValueError(f"backend name must be 'numpy' or 'cupy', got {name!r}")
-    return _xp
+        raise TypeError(f"backend must be 'numpy', 'cupy' or a module with NumPy's API, got {type(backend).__name__}")
+    if module is not numpy:
+        register(module)
+    _xp = module
+    return module
 
+
+def import_cupy():
+    """CuPy, checked: installed, version >= 13, and at least one GPU visible. Clear errors otherwise."""
+    try:
+        import cupy
+    except ImportError as err:
+        raise ImportError(f"backend 'cupy' needs CuPy, which is not installed ({err}): {CUPY_INSTALL}") from None
+    version = getattr(cupy, "__version__", "0")
+    if int(version.split(".")[0]) < CUPY_MIN_MAJOR:
+        raise ImportError(f"backend 'cupy' needs CuPy >= {CUPY_MIN_MAJOR}, found {version}: {CUPY_INSTALL}")
+    try:
+        n_gpus = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CUDARuntimeError without a driver, or a broken CUDA install
+        raise RuntimeError(f"backend 'cupy': CuPy {version} is installed but sees no CUDA GPU "
+                           f"({type(err).__name__}: {err}); run on a machine with an NVIDIA GPU, "
+                           "or choose the numpy backend") from None
+    if n_gpus < 1:
+        raise RuntimeError(f"backend 'cupy': CuPy {version} is installed but sees no CUDA GPU "
+                           "(getDeviceCount() = 0); run on a machine with an NVIDIA GPU, or choose the numpy backend")
+    return cupy
+
+
+def register(module) -> None:
+    """Make ``module``'s arrays known to array_module and to autograd (box type and vector space). Idempotent."""
+    for name in ("ndarray", "asarray", "zeros", "ones"):
+        if not hasattr(module, name):
+            raise TypeError(f"backend module {module.__name__!r} has no {name!r}: it needs NumPy's API")
+    array_type = module.ndarray
+    if not isinstance(array_type, type) or issubclass(array_type, numpy.ndarray):
+        raise TypeError(f"backend module {module.__name__!r}: ndarray must be its own array type, "
+                        "not numpy.ndarray or a subclass of it")
+    if not (hasattr(module, "asnumpy") or hasattr(array_type, "get")):
+        raise TypeError(f"backend module {module.__name__!r} needs asnumpy() or ndarray.get() to copy to the host")
+    _module_of[array_type] = module
+    if array_type not in VSpace.mappings:
+        ArrayBox.register(array_type)
+        VSpace.register(array_type, lambda value: DeviceVSpace(value, module))
+
+
+class DeviceVSpace(ArrayVSpace):
+    """autograd's vector space of a device array: ArrayVSpace, except that it reads shape and dtype without
+    converting the value to NumPy, and every array it makes (the zero and one gradients autograd starts from
+    and accumulates into) comes from the array's own module."""
+
+    def __init__(self, value, xp):
+        self.shape = tuple(value.shape)
+        self.dtype = value.dtype
+        self.xp = xp
+        if numpy.dtype(self.dtype).kind == "c":
+            raise TypeError("minilora's device vector space is real: complex device arrays are not supported")
+
+    def zeros(self):
+        return self.xp.zeros(self.shape, dtype=self.dtype)
+
+    def ones(self):
+        return self.xp.ones(self.shape, dtype=self.dtype)
+
+    def standard_basis(self):
+        for idx in numpy.ndindex(*self.shape):
+            v = self.zeros()
+            v[idx] = 1
+            yield v
+
+    def randn(self):  # drawn on the host (global NumPy stream, as autograd's own), then moved
+        return self.xp.asarray(numpy.random.randn(*self.shape).astype(self.dtype))
+
+    def _inner_prod(self, x, y):
+        return self.xp.vdot(x, y)
+
+
+# ---- which module owns an array ----------------------------------------------------------------------------
 
 def array_module(*arrays):
-    """The module (numpy or cupy) that owns these arrays; numpy for plain numpy arrays and scalars."""
+    """The module that owns these arrays: the first non-NumPy one found, else numpy (also for scalars, lists)."""
     for a in arrays:
-        mod = type(a).__module__
-        if mod.startswith("cupy"):
-            import cupy
-
-            return cupy
+        module = _module_of.get(type(a))
+        if module is None:
+            module = _module_of_other(a)
+        if module is not numpy:
+            return module
     return numpy
 
 
+def _module_of_other(a):
+    if type(a).__module__.startswith("cupy"):  # a CuPy array made outside minilora, before any use("cupy")
+        import cupy
+
+        register(cupy)
+        return cupy
+    value = getval(a)
+    return numpy if value is a else array_module(value)
+
+
+# ---- moving trees ------------------------------------------------------------------------------------------
+
+def to_device(tree, like=None):
+    """``tree`` with every NumPy array moved to the selected backend (or to the module that owns ``like``).
+
+    Trees are dicts, lists, tuples and dataclass instances (a task's Batch); other leaves (ints, floats, None,
+    arrays already on a device) stay as they are. With NumPy as the target nothing is copied: the same tree
+    comes back.
+    """
+    xp = get_xp() if like is None else array_module(like)
+    if xp is numpy:
+        return tree
+    return _map(tree, lambda a: xp.asarray(a) if isinstance(a, numpy.ndarray) else a)
+
+
+def to_host(tree):
+    """``tree`` with every device array copied to a NumPy array (NumPy arrays and other leaves unchanged)."""
+    return _map(tree, _leaf_to_host)
+
+
 def to_numpy(a):
-    """A NumPy copy of an array from any backend (identity for NumPy arrays)."""
-    return a.get() if hasattr(a, "get") and not isinstance(a, numpy.ndarray) else numpy.asarray(a)
+    """A NumPy array of one array from any backend (identity for NumPy arrays)."""
+    return numpy.asarray(_leaf_to_host(a))
 
 
-def _register_cupy_with_autograd(cupy):  # pragma: no cover - exercised on a GPU machine only
-    """Let autograd trace CuPy arrays: box them like ndarrays and give them a vector space."""
-    from autograd.extend import VSpace
-    from autograd.numpy.numpy_boxes import ArrayBox
-    from autograd.numpy.numpy_vspaces import ArrayVSpace
-    from autograd.tracer import Box
+def _leaf_to_host(a):
+    module = array_module(a)
+    if module is numpy:
+        return a
+    return module.asnumpy(a) if hasattr(module, "asnumpy") else a.get()
 
-    if cupy.ndarray in Box.type_mappings:
-        return
 
-    class CupyVSpace(ArrayVSpace):
-        def zeros(self):
-            return cupy.zeros(self.shape, dtype=self.dtype)
+def _map(tree, fn):
+    if isinstance(tree, dict):
+        return {k: _map(v, fn) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        items = [_map(v, fn) for v in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)  # namedtuples too
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return dataclasses.replace(tree, **{f.name: _map(getattr(tree, f.name), fn)
+                                            for f in dataclasses.fields(tree) if f.init})
+    return fn(tree)
 
-        def ones(self):
-            return cupy.ones(self.shape, dtype=self.dtype)
 
-    ArrayBox.register(cupy.ndarray)
-    VSpace.register(cupy.ndarray, lambda x: CupyVSpace(x))
+# ---- the command line: one flag, one call ------------------------------------------------------------------
+
+def add_backend_argument(parser):
+    """Add ``--backend {numpy,cupy}`` to an argparse parser (default: $MINILORA_BACKEND, else numpy)."""
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help=f"array backend: numpy (CPU) or cupy (NVIDIA GPU); default ${ENV_VAR}, else numpy")
+    return parser
+
+
+def select_from_args(args, prog: str = "minilora"):
+    """``use()`` the backend named by ``args.backend`` or $MINILORA_BACKEND. A backend that cannot be used
+    ends the program with one line on stderr (exit status 2), not a traceback."""
+    try:
+        return use(getattr(args, "backend", None) or backend_from_environment())
+    except (ImportError, RuntimeError, ValueError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def describe(xp=None) -> str:
+    """One line naming a backend module and, for CuPy, the GPU: for logs and benchmark headers."""
+    xp = get_xp() if xp is None else xp
+    version = getattr(xp, "__version__", "?")
+    if xp.__name__ != "cupy":
+        return f"{xp.__name__} {version}"
+    props = xp.cuda.runtime.getDeviceProperties(xp.cuda.runtime.getDevice())
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    return f"cupy {version} on {name} ({props['totalGlobalMem'] / 2**30:.0f} GiB)"
 
 
 # ---- allocator tuning -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from .backend import to_numpy
+from .backend import to_device, to_numpy
 from .config import GPTConfig
 from .lora import LoraConfig
 from .tree import flatten, unflatten
@@ -148,7 +148,7 @@ def load_params(path, config: GPTConfig | None = None) -> tuple[dict, GPTConfig]
     if config is not None and config != file_config:
         raise ValueError(f"{path} was saved with {file_config}, which differs from the config given: {config}")
     _check_file_arrays(arrays, expected_param_shapes(file_config), f"params in {path}")
-    return unflatten(arrays), file_config
+    return to_device(unflatten(arrays)), file_config  # read on the host, placed on the selected backend
 
 
 def read_record(path) -> dict:
@@ -174,7 +174,7 @@ def load_adapter(path, config: GPTConfig) -> tuple[dict, LoraConfig]:
     if saved_for != config:
         raise ValueError(f"adapter {path} was trained for {saved_for}, not for this base model {config}")
     _check_file_arrays(arrays, expected_lora_shapes(config, lora_config), f"adapter {path}")
-    return unflatten(arrays, n_blocks=config.n_layer), lora_config
+    return to_device(unflatten(arrays, n_blocks=config.n_layer)), lora_config
 
 
 # ---- training state (resume) ----------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def load_train_state(path, n_blocks: int, expected: dict | None = None,
     if expected is not None:
         for prefix, flat in parts.items():
             _check_file_arrays(flat, expected, f"{prefix} in training state {path}")
-    trees = {p: unflatten(flat, n_blocks=n_blocks) for p, flat in parts.items()}
+    trees = {p: to_device(unflatten(flat, n_blocks=n_blocks)) for p, flat in parts.items()}
     return trees["params"], {"step": int(info["step"]), "m": trees["m"], "v": trees["v"]}, info
 
 

@@ -167,6 +167,8 @@ def cmd_tour(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backend import add_backend_argument
+
     parser = argparse.ArgumentParser(prog="minilora", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -176,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="base.safetensors", help="where to write the parameters (+ .json record)")
     p.add_argument("--state", default=None, help="training-state file for periodic checkpoints")
     p.add_argument("--resume", default=None, help="training-state file to resume from")
+    add_backend_argument(p)
     p.set_defaults(func=cmd_pretrain)
 
     def base_arg(p):
@@ -194,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_args(p, steps=300, lr=2e-3, warmup=20, every=100)
     p.add_argument("--resume", default=None, help="a train_state.safetensors to continue from")
     p.add_argument("--out", default="runs/finetune", help="output folder")
+    add_backend_argument(p)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("eval", help="evaluate the base model, an adapter, or fine-tuned parameters on a task")
@@ -202,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default=None)
     p.add_argument("--task", choices=["docmodule", "rankshift"], default="docmodule")
     p.add_argument("--seed", type=int, default=0)
+    add_backend_argument(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="sample text from the base model (optionally with an adapter)")
@@ -212,26 +217,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new", type=int, default=80)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int, default=0)
+    add_backend_argument(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("merge", help="fold an adapter into the base weights and save the merged parameters")
     base_arg(p)
     p.add_argument("--adapter", required=True)
     p.add_argument("--out", required=True)
+    add_backend_argument(p)
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("tour", help="the main job: the paper's claims, run end to end in a few minutes")
     p.add_argument("--out", default="tour-output", help="folder for the plots, adapter and summary")
     p.add_argument("--steps", type=int, default=None, help="fine-tuning steps per method")
     p.add_argument("--quick", action="store_true", help="a short run (for tests)")
+    add_backend_argument(p)
     p.set_defaults(func=cmd_tour)
     return parser
 
 
 def main(argv=None) -> int:
-    from .backend import tune_malloc
+    from .backend import select_from_args, tune_malloc
 
     args = build_parser().parse_args(argv)
+    select_from_args(args)  # --backend / MINILORA_BACKEND; one line and exit status 2 when unusable
     tune_malloc()
     try:
         args.func(args)

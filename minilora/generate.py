@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import to_host
 from .model import forward
 from .tokenizer import decode, encode
 
@@ -22,7 +23,7 @@ def generate(params, config, prompt: str, max_new: int = 80, *, lora=None, lora_
     out = []
     for _ in range(max_new):
         window = np.array([ids[-config.context:]], dtype=np.int32)  # (1, T)
-        logits = forward(params, window, config, lora, lora_config)[0, -1].astype(np.float64)  # (V,)
+        logits = to_host(forward(params, window, config, lora, lora_config)[0, -1]).astype(np.float64)  # (V,)
         if temperature == 0:
             nxt = int(logits.argmax())
         else:

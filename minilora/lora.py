@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backend import to_device
 from .config import GPTConfig, check_fields
 from .ops import linear, lora_delta
 from .tree import map_leaves
@@ -131,6 +132,7 @@ def init_lora(config: GPTConfig, lora_config: LoraConfig, seed: int, dtype=np.fl
     two adapters of different rank is therefore nested at init (A of rank 8 equals the first 8 rows of A of
     rank 64, up to the "gaussian" scale 1/r); the others start at rank-dependent points of the stream.
     Comparing the subspaces learned at two ranks (Section 7.2) needs different seeds.
+    Drawn on the host and moved to the selected backend: a seed gives the same adapter on every backend.
     """
     if not isinstance(config, GPTConfig):
         raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
@@ -153,7 +155,7 @@ def init_lora(config: GPTConfig, lora_config: LoraConfig, seed: int, dtype=np.fl
                     A = rng.uniform(-bound, bound, size=(r, d_in))  # (r, d_in)
                 block[t] = {"A": A.astype(dtype), "B": np.zeros((d_out, r), dtype=dtype)}  # B (d_out, r)
         blocks.append(block)
-    return {"blocks": blocks}
+    return to_device({"blocks": blocks})
 
 
 def _check_seed(seed):

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from .backend import to_device
 from .config import GPTConfig
 from .lora import LoraConfig, lora_linear
 from .ops import causal_attention, embedding, gelu, layer_norm, linear
@@ -30,6 +31,9 @@ def init_params(config: GPTConfig, seed: int, dtype=np.float32) -> dict:
      "blocks": [{"ln1": {"g", "b"}, "wq"|"wk"|"wv"|"wo"|"mlp_in"|"mlp_out": {"W": (d_out, d_in), "b": (d_out,)},
                  "ln2": {"g", "b"}}, ...],
      "ln_f": {"g", "b"}}
+
+    Drawn on the host and moved to the selected backend (backend.to_device): a seed gives the same model on
+    every backend.
     """
     if not isinstance(config, GPTConfig):
         raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
@@ -53,12 +57,12 @@ def init_params(config: GPTConfig, seed: int, dtype=np.float32) -> dict:
             std = resid_std if name in ("wo", "mlp_out") else 0.02
             block[name] = {"W": normal((d_out, d_in), std), "b": np.zeros(d_out, dtype)}
         blocks.append(block)
-    return {
+    return to_device({
         "wte": normal((config.vocab_size, d), 0.02),
         "wpe": normal((config.context, d), 0.01),
         "blocks": blocks,
         "ln_f": ln(),
-    }
+    })
 
 
 # ---- where an adaptation enters the transformer ----------------------------------------------------------
@@ -89,6 +93,7 @@ def lora_hooks(lora_blocks, scale: float, dropout=None) -> Hooks:
     """LoRA's hook: every adapted matrix computes W x + b + s·B A dropout(x).
 
     lora_blocks: lora["blocks"], one {target: {"A", "B"}} dict per block. dropout: None or (rng, keep_p).
+    The masks are drawn on the host from ``rng`` and moved to x's device: the same masks on every backend.
     """
 
     def project(i, name, x, layer):
@@ -96,7 +101,8 @@ def lora_hooks(lora_blocks, scale: float, dropout=None) -> Hooks:
         keep = None
         if ab is not None and dropout is not None:
             rng, keep_p = dropout
-            keep = ((rng.random(x.shape, dtype=np.float32) < keep_p) * (1.0 / keep_p)).astype(x.dtype)  # (.., d_in)
+            drawn = rng.random(x.shape, dtype=np.float32) < keep_p  # (..., d_in) bool, on the host
+            keep = (to_device(drawn, like=plain(x)) * (1.0 / keep_p)).astype(x.dtype)  # (..., d_in)
         return lora_linear(x, layer, ab, scale, keep)
 
     return Hooks(project=project)
@@ -112,13 +118,14 @@ def forward(params, tokens, config: GPTConfig, lora=None, lora_config: LoraConfi
     """
     from .validate import check_lora, check_params, check_tokens
 
-    check_params(plain(params), config)  # plain(): the arrays under autograd's boxes, when traced
-    tokens = check_tokens(tokens, config)
+    weights = plain(params)  # the arrays under autograd's boxes, when traced
+    check_params(weights, config)
+    tokens = to_device(check_tokens(tokens, config), like=weights["wte"])  # checked on the host, moved to the weights
     if lora is None:
         return transformer(params, tokens, config)
     if lora_config is None:
         raise TypeError("forward: 'lora_config' is required when 'lora' is given (it holds r, alpha, targets)")
-    check_lora(plain(lora), lora_config, plain(params))
+    check_lora(plain(lora), lora_config, weights)
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)) or None, "
                         f"got {type(rng).__name__}")

@@ -18,6 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .backend import to_device, to_host
 from .data import docstring_paragraphs, pretraining_tokens, sample_windows
 from .lora import LoraConfig, delta_weight, init_lora, merge
 from .model import forward
@@ -124,12 +125,13 @@ class DocModuleTask:
         for s in range(0, len(x), batch_size):
             sl = slice(s, s + batch_size)
             T = int(w[sl].nonzero()[1].max()) + 1  # trim trailing padding: attention is causal, nothing changes
-            logits = forward(params, x[sl, :T], config, lora, lora_config)  # (b, T, V)
-            first = logits[np.arange(logits.shape[0]), answer_at[sl]]  # (b, V)
-            pred = first[:, self.first_bytes].argmax(axis=-1)  # (b,)
-            correct += int((pred == true[sl]).sum())
+            logits = forward(params, x[sl, :T], config, lora, lora_config)  # (b, T, V), on the weights' device
+            rows, at, cand, yb, wb, label = to_device((np.arange(logits.shape[0]), answer_at[sl], self.first_bytes,
+                                                       y[sl, :T], w[sl, :T], true[sl]), like=logits)
+            pred = logits[rows, at][:, cand].argmax(axis=-1)  # (b,): the class of the first answer byte
+            correct += int((pred == label).sum())
             ws = float(w[sl, :T].sum())
-            loss_sum += float(cross_entropy(logits, y[sl, :T], w[sl, :T])) * ws
+            loss_sum += float(cross_entropy(logits, yb, wb)) * ws
             weight_sum += ws
         return {"accuracy": correct / len(x), "loss": loss_sum / weight_sum, "n": len(x)}
 
@@ -153,22 +155,22 @@ class LanguageModelTask:
         losses = []
         for s in range(0, len(self.eval_x), batch_size):
             logits = forward(params, self.eval_x[s:s + batch_size], config, lora, lora_config)
-            losses.append(float(cross_entropy(logits, self.eval_y[s:s + batch_size])))
+            losses.append(float(cross_entropy(logits, to_device(self.eval_y[s:s + batch_size], like=logits))))
         return {"loss": float(np.mean(losses))}
 
 
 def random_rank_adapter(config, lora_config, seed: int, relative_norm: float, params) -> dict:
     """An adapter of exact rank lora_config.r with ||s·B A||_F = relative_norm · ||W||_F for every matrix."""
-    lora = init_lora(config, lora_config, seed)
+    lora = to_host(init_lora(config, lora_config, seed))  # drawn and scaled on the host, moved at the end
     rng = np.random.default_rng([seed, 1])
     for i, block in enumerate(lora["blocks"]):
         for t, ab in block.items():
             ab["B"] = rng.standard_normal(ab["B"].shape).astype(ab["B"].dtype)  # (d_out, r)
             ab["A"] = rng.standard_normal(ab["A"].shape).astype(ab["A"].dtype)  # (r, d_in)
-            ratio = relative_norm * np.linalg.norm(params["blocks"][i][t]["W"]) / np.linalg.norm(
+            ratio = relative_norm * np.linalg.norm(to_host(params["blocks"][i][t]["W"])) / np.linalg.norm(
                 delta_weight(ab, lora_config.scale))
             ab["B"] = (ab["B"] * ratio).astype(ab["B"].dtype)
-    return lora
+    return to_device(lora, like=params["wte"])
 
 
 class RankShiftTask:
@@ -189,8 +191,8 @@ class RankShiftTask:
         train_tokens, held_out = pretraining_tokens()
         self.x, _ = sample_windows(train_tokens, n_train, length, np.random.default_rng([seed, 2]))
         self.eval_x, _ = sample_windows(held_out, n_eval, length, np.random.default_rng([seed, 3]))
-        self.p = _softmax(forward(teacher, self.x, config))  # (n_train, T, V)
-        self.eval_p = _softmax(forward(teacher, self.eval_x, config))  # (n_eval, T, V)
+        self.p = to_host(_softmax(forward(teacher, self.x, config)))  # (n_train, T, V), on the host like the tokens
+        self.eval_p = to_host(_softmax(forward(teacher, self.eval_x, config)))  # (n_eval, T, V)
         self.eval_entropy = float(-(self.eval_p * np.log(np.maximum(self.eval_p, 1e-30))).sum(-1).mean())
 
     def batch(self, step: int, batch_size: int, seed: int) -> Batch:
@@ -198,7 +200,8 @@ class RankShiftTask:
         return Batch(self.x[idx], self.p[idx])
 
     def evaluate(self, params, config, lora=None, lora_config=None):
-        ce = float(cross_entropy(forward(params, self.eval_x, config, lora, lora_config), self.eval_p))
+        logits = forward(params, self.eval_x, config, lora, lora_config)
+        ce = float(cross_entropy(logits, to_device(self.eval_p, like=logits)))
         return {"kl": ce - self.eval_entropy, "loss": ce}
 
 

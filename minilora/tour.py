@@ -33,7 +33,7 @@ def run_tour(out_dir="tour-output", steps: int | None = None, quick: bool = Fals
     import matplotlib
 
     matplotlib.use("Agg")  # files only: the tour never opens a window
-    from .backend import tune_malloc
+    from .backend import to_device, to_host, tune_malloc
     from .checkpoint import BASE_CHECKPOINT, atomic_write_json, load_base, read_record, save_adapter, save_params
     from .config import GPTConfig
     from .lora import LoraConfig, count_params, delta_weight, init_lora, merge, paper_param_count
@@ -63,7 +63,7 @@ def run_tour(out_dir="tour-output", steps: int | None = None, quick: bool = Fals
     _rule("1. LoRA starts exactly at the base model (B = 0)")
     lcfg = LoraConfig(r=8, alpha=16.0, targets=("wq", "wv"))
     lora0 = init_lora(config, lcfg, seed)
-    batch = task.batch(0, 8, seed)
+    batch = to_device(task.batch(0, 8, seed), like=params["wte"])
     base_logits = forward(params, batch.x, config)
     lora_logits = forward(params, batch.x, config, lora0, lcfg)
     identical = bool(np.array_equal(base_logits, lora_logits))
@@ -160,8 +160,8 @@ def run_tour(out_dir="tour-output", steps: int | None = None, quick: bool = Fals
             for r in (64, 8, 1)], out / "parameter_counts.png"),
     )
     ab = lora_res.trainable["blocks"][0]["wq"]
-    dw_s = np.linalg.svd(delta_weight(ab, lcfg.scale), compute_uv=False)
-    w_s = np.linalg.svd(params["blocks"][0]["wq"]["W"], compute_uv=False)
+    dw_s = to_host(np.linalg.svd(delta_weight(ab, lcfg.scale), compute_uv=False))
+    w_s = to_host(np.linalg.svd(params["blocks"][0]["wq"]["W"], compute_uv=False))
     singular_values({"ΔW_q (block 0)": dw_s[:32], "W_q (block 0)": w_s[:32]},
                     out / "singular_values.png", "ΔW = s·B A has rank ≤ r; W does not")
     import matplotlib.pyplot as plt

@@ -106,7 +106,7 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
     resume: path of a training state to continue from; the run then ends exactly where an uninterrupted run
     would. stop_after: stop once this many steps are done (the schedule still spans train_config.steps).
     """
-    from .backend import tune_malloc
+    from .backend import to_device, tune_malloc
     from .checkpoint import load_train_state, save_train_state
     from .validate import expected_lora_shapes, expected_param_shapes
 
@@ -144,7 +144,7 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
                dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
-        batch = task.batch(step, train_config.batch_size, train_config.seed)
+        batch = to_device(task.batch(step, train_config.batch_size, train_config.seed), like=params["wte"])
         rng = np.random.default_rng([train_config.seed, step, 1]) if dropout_on else None
         loss, grads = grad_fn(trainable, frozen, batch, config, lora_config, rng)
         loss = float(loss)
