@@ -11,8 +11,13 @@ import numpy as np
 
 # ---- field checks shared by every config (GPTConfig, LoraConfig, TrainConfig, AdamW) --------------------------
 # Each returns the value in its canonical Python type or raises ValueError naming "Owner.field", what was
-# expected and what was given. numpy scalars are accepted (a sweep over np.arange gives them); bools are not
-# numbers here, None and strings are not numbers or bools.
+# expected and what was given (an empty owner names the field alone, for function arguments). numpy scalars
+# are accepted (a sweep over np.arange gives them); bools are not numbers here; None and strings are neither
+# numbers nor bools.
+
+
+def _label(owner: str, name: str) -> str:
+    return f"{owner}.{name}" if owner else name
 
 
 def _is_real(value) -> bool:
@@ -37,7 +42,8 @@ def real_number(owner: str, name: str, value, *, more_than=None, at_least=None, 
               and (less_than is None or v < less_than) and (at_most is None or v <= at_most))
     if not ok:
         bounds = _bounds_text(more_than, at_least, less_than, at_most)
-        raise ValueError(f"{owner}.{name} must be a finite number{' ' + bounds if bounds else ''}, got {value!r}")
+        raise ValueError(f"{_label(owner, name)} must be a finite number{' ' + bounds if bounds else ''}, "
+                         f"got {value!r}")
     return v
 
 
@@ -45,20 +51,20 @@ def whole_number(owner: str, name: str, value, *, at_least: int = 0) -> int:
     """``value`` as an int: an integer (Python or numpy, not a bool or a float) >= at_least."""
     if not (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))) or value < at_least:
         kind = "a positive int" if at_least == 1 else f"an int >= {at_least}"
-        raise ValueError(f"{owner}.{name} must be {kind}, got {value!r}")
+        raise ValueError(f"{_label(owner, name)} must be {kind}, got {value!r}")
     return int(value)
 
 
 def boolean(owner: str, name: str, value) -> bool:
     """``value`` as a bool: True or False only ("false", 0 and None are refused, not guessed)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{owner}.{name} must be True or False, got {value!r}")
+        raise ValueError(f"{_label(owner, name)} must be True or False, got {value!r}")
     return bool(value)
 
 
 def choice(owner: str, name: str, value, options) -> str:
     if not isinstance(value, str) or value not in options:
-        raise ValueError(f"{owner}.{name} must be one of {tuple(options)}, got {value!r}")
+        raise ValueError(f"{_label(owner, name)} must be one of {tuple(options)}, got {value!r}")
     return value
 
 

@@ -79,7 +79,7 @@ def global_norm(grads) -> float:
 def clip_by_global_norm(grads, max_norm: float):
     """Scale all gradients together so their global L2 norm is at most max_norm (0 = no clipping).
     Returns (grads, norm before clipping)."""
-    max_norm = real_number("clip_by_global_norm", "max_norm", max_norm, at_least=0)
+    max_norm = real_number("", "max_norm", max_norm, at_least=0)
     norm = global_norm(grads)
     if max_norm and norm > max_norm:
         factor = max_norm / (norm + 1e-12)

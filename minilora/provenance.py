@@ -62,11 +62,13 @@ def as_fingerprint(base) -> str | None:
     return fingerprint(base)
 
 
-def check_base(recorded: str | None, actual: str | None, what: str, allow: bool = False, hint: str = "") -> None:
+def check_base(recorded: str | None, actual: str | None, what: str, allow: bool = False, hint: str = "",
+               given: str = "the base given") -> None:
     """Raise BaseMismatch when a file records a base fingerprint and it is not ``actual``.
 
-    Nothing is checked when either is None (an old file, or a caller that gave no base), or with ``allow``."""
+    Nothing is checked when either is None (an old file, or a caller that gave no base), or with ``allow``.
+    ``what`` names the file, ``given`` the base it is used with; ``hint`` ends the message."""
     if allow or recorded is None or actual is None or recorded == actual:
         return
-    raise BaseMismatch(f"{what} was made from base parameters with fingerprint {short(recorded)}, but the base "
-                       f"given has fingerprint {short(actual)}{'; ' + hint if hint else ''}")
+    raise BaseMismatch(f"{what} was made from base parameters with fingerprint {short(recorded)}, but {given} has "
+                       f"fingerprint {short(actual)}{'; ' + hint if hint else ''}")

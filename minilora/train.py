@@ -128,7 +128,8 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
     configs, task, base); the run then ends exactly where an uninterrupted run would. stop_after: stop once this
     many steps are done (the schedule still spans train_config.steps). progress: True (a bar on a terminal or
     in Jupyter, plain lines elsewhere), False, or one of "bar", "lines", "none".
-    Raises TrainingDiverged on a non-finite loss, gradient or state, or a blown-up loss (see TrainConfig).
+    Raises TrainingDiverged on a non-finite loss, gradient or state, or a blown-up loss (see TrainConfig);
+    its message counts steps from 1, as the history does, and names the last state written.
     """
     from .backend import tune_malloc
     from .provenance import fingerprint
@@ -167,7 +168,7 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
             loss = float(loss)
             grads, norm = clip_by_global_norm(grads, train_config.clip)
             if not (math.isfinite(loss) and math.isfinite(norm)):
-                raise TrainingDiverged(f"step {step}: the loss is {loss} and the gradient norm {norm}; stopped "
+                raise TrainingDiverged(f"step {step + 1}: the loss is {loss} and the gradient norm {norm}; stopped "
                                        f"before updating{states.where()}. Lower the learning rate or check the data.")
             _check_blowup(step, loss, history, train_config.blowup_factor, states.where(step))
             lr = lr_at(step, train_config.lr, train_config.warmup, train_config.steps)
@@ -216,7 +217,8 @@ class _States:
         if self.written is None:
             return "; no training state was written" + ("" if self.checkpoint is not None else " (no checkpoint path)")
         own = "; it is the state that gave this loss" if self.written[0] == step else ""
-        return f"; the last state written (after {self.written[0]} steps, all values finite) is {self.written[1]}{own}"
+        done, path = self.written
+        return f"; the last state written (after step {done}, all values finite) is {path}{own}"
 
     def save(self, done, trainable, opt_state, history, evals):
         from .checkpoint import save_train_state
@@ -240,7 +242,7 @@ def _check_blowup(step: int, loss: float, history: list, factor: float, where: s
     if reference > 0 and loss > factor * reference:
         steps = "step 1" if len(first) == 1 else f"steps 1-{len(first)}"
         raise TrainingDiverged(
-            f"step {step}: the loss {loss:.4g} is more than blowup_factor={factor:g} times the reference loss "
+            f"step {step + 1}: the loss {loss:.4g} is more than blowup_factor={factor:g} times the reference loss "
             f"{reference:.4g} (the mean of {steps}); stopped before updating{where}. Lower the learning rate, or "
             "change blowup_factor (0 turns this guard off)."
         )

@@ -62,7 +62,7 @@ def test_finetune_lora(finetuned):
 
 def test_finetune_full(shipped_base, tmp_path, capsys):
     code, out, err = run(capsys, "finetune", "--method", "full", "--steps", "2", "--batch-size", "2",
-                         "--eval-every", "0", "--out", tmp_path)
+                         "--eval-every", "0", "--out", tmp_path, "--json")
     assert code == 0, err
     summary = json.loads(out)
     assert summary["method"] == "full" and summary["trainable_params"] > 800_000
@@ -75,9 +75,10 @@ def test_finetune_full(shipped_base, tmp_path, capsys):
 
 
 def test_eval_adapter(finetuned, capsys):
-    code, out, err = run(capsys, "eval", "--adapter", finetuned[1] / "adapter.safetensors")
+    code, out, err = run(capsys, "eval", "--adapter", finetuned[1] / "adapter.safetensors", "--json")
     assert code == 0, err
-    result = json.loads(out)
+    report = json.loads(out)
+    result = report["metrics"]
     assert set(result) == {"accuracy", "loss", "n"}
     assert 0.0 <= result["accuracy"] <= 1.0 and np.isfinite(result["loss"]) and result["n"] > 100
     # the same numbers the fine-tuning run recorded at its end

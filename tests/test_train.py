@@ -195,7 +195,7 @@ def test_nan_guard_stops_and_keeps_last_good_state(tmp_path, method):
     state = tmp_path / "state.safetensors"
     params = tiny_params()
     extra = {"lora": init_lora(TINY, LCFG, 0), "lora_config": LCFG} if method == "lora" else {}
-    with pytest.raises(TrainingDiverged, match=r"step 3\b") as err:
+    with pytest.raises(TrainingDiverged, match=r"step 4\b") as err:  # the 4th step (index 3) sees the NaN
         train(PoisonedTask(3), params, TINY, tc(steps=10, checkpoint_every=1), method=method, checkpoint=state,
               progress=False, **extra)
     assert str(state) in str(err.value), "the message should say where the last good state is"
@@ -217,9 +217,9 @@ def test_nan_guard_stops_and_keeps_last_good_state(tmp_path, method):
 def test_nan_guard_on_poisoned_params(tiny_task):
     params = tiny_params()
     params["blocks"][0]["wq"]["W"][0, 0] = np.inf
-    with pytest.raises(TrainingDiverged, match="step 0"):
+    with pytest.raises(TrainingDiverged, match=r"step 1\b"):
         run_lora(tiny_task, params, tc(steps=3))
-    with pytest.raises(TrainingDiverged, match="step 0"):
+    with pytest.raises(TrainingDiverged, match=r"step 1\b"):
         train(tiny_task, params, TINY, tc(steps=3), method="full", progress=False)
 
 
