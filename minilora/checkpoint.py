@@ -173,6 +173,9 @@ def read_safetensors(path) -> tuple[dict, dict]:
         raise FileNotFoundError(f"path {str(path)!r} is not a file")
     raw = path.read_bytes()
     header = _header(raw, path)
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: the safetensors '__metadata__' must be an object, got {type(metadata).__name__}")
     for name, entry in header.items():
         dtype = entry.get("dtype") if isinstance(entry, dict) and name != "__metadata__" else None
         if isinstance(dtype, str) and dtype not in NUMPY_DTYPES:
@@ -182,9 +185,6 @@ def read_safetensors(path) -> tuple[dict, dict]:
         arrays = safetensors.numpy.load(raw)
     except Exception as err:  # safetensors reports a short data section, overlapping offsets, ...
         raise ValueError(f"{path} is truncated or corrupt: {err}") from None
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{path}: the safetensors '__metadata__' must be an object, got {type(metadata).__name__}")
     return arrays, metadata
 
 

@@ -631,7 +631,9 @@ def main(argv=None) -> int:
     debug = args.debug or os.environ.get("MINILORA_DEBUG", "").strip() not in ("", "0")
     console = Console(args)
     tune_malloc()
-    with warnings.catch_warnings():
+    # numpy's overflow/invalid-value warnings are not a user's business: every NaN or blow-up they hint at is
+    # caught and reported by minilora's own checks. Other warnings become one-line notes. --debug shows all.
+    with warnings.catch_warnings(), np.errstate(**({} if debug else {"all": "ignore"})):
         warnings.showwarning = lambda message, category, *rest: console.note(f"{category.__name__}: {message}")
         try:
             for option in GLOBAL_OPTIONS:
