@@ -332,6 +332,7 @@ def _lora_config(args):
             "and B are trained, the base stays frozen) or every weight (--method full). Every output path is "
             "checked before the first step; existing outputs need --overwrite. Prints a summary.", _finetune_flags)
 def cmd_finetune(args, console):
+    from .checkpoint import atomic_write_json
     from .lora import init_lora
     from .paths import check_inputs, check_outputs
     from .train import train
@@ -356,8 +357,6 @@ def cmd_finetune(args, console):
     path = _save_finetuned(trained_file, result.trainable, lcfg, base, args.task)
     base_metrics = task.evaluate(base.params, base.config)
     summary = _finetune_summary(args, result, path, state, base_metrics, getattr(task, "chance", None), seconds)
-    from .checkpoint import atomic_write_json
-
     atomic_write_json(out / "metrics.json", {**summary, "history": result.history, "evals": result.evals})
     console.out(json.dumps(summary, indent=2) if args.json else _finetune_text(summary, lcfg, base))
 

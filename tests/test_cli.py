@@ -358,9 +358,11 @@ def test_help_everywhere(capsys):
         assert exc.value.code == 0 and " ".join(SUBCOMMANDS[name].description.split()[:4]) in " ".join(text.split())
         formatter = _HelpFormatter(name)
         for action in sub._actions:
-            if not action.option_strings or action.dest == "help":
+            if action.dest == "help":
                 continue
-            assert action.help, f"minilora {name} {action.option_strings[0]} has no help"
+            assert action.help, f"minilora {name} {action.option_strings or action.dest} has no help"
+            if not action.option_strings:  # a positional argument: no default to show
+                continue
             meaningful = action.default not in (None, argparse.SUPPRESS) and action.default is not False
             if meaningful:
                 assert "default" in formatter._get_help_string(action), (name, action.option_strings)
