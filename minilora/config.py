@@ -1,9 +1,71 @@
-"""GPTConfig: the shape of the transformer, one field per architectural choice."""
+"""GPTConfig: the shape of the transformer, one field per architectural choice; and the field checks that every
+config of the package (GPTConfig, LoraConfig, TrainConfig, AdamW) runs on its values."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+
+import numpy as np
+
+# ---- field checks shared by every config (GPTConfig, LoraConfig, TrainConfig, AdamW) --------------------------
+# Each returns the value in its canonical Python type or raises ValueError naming "Owner.field", what was
+# expected and what was given (an empty owner names the field alone, for function arguments). numpy scalars
+# are accepted (a sweep over np.arange gives them); bools are not numbers here; None and strings are neither
+# numbers nor bools.
+
+
+def _label(owner: str, name: str) -> str:
+    return f"{owner}.{name}" if owner else name
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _bounds_text(more_than, at_least, less_than, at_most) -> str:
+    bounds = zip((">", ">=", "<", "<="), (more_than, at_least, less_than, at_most), strict=True)
+    return " and ".join(f"{op} {v:g}" for op, v in bounds if v is not None)
+
+
+def real_number(owner: str, name: str, value, *, more_than=None, at_least=None, less_than=None,
+                at_most=None) -> float:
+    """``value`` as a float: a finite real number (not a bool, None or a string) within the bounds given."""
+    try:
+        v = float(value) if _is_real(value) else math.nan
+    except OverflowError:  # an int beyond float's range
+        v = math.nan
+    ok = math.isfinite(v)
+    if ok:
+        ok = ((more_than is None or v > more_than) and (at_least is None or v >= at_least)
+              and (less_than is None or v < less_than) and (at_most is None or v <= at_most))
+    if not ok:
+        bounds = _bounds_text(more_than, at_least, less_than, at_most)
+        raise ValueError(f"{_label(owner, name)} must be a finite number{' ' + bounds if bounds else ''}, "
+                         f"got {value!r}")
+    return v
+
+
+def whole_number(owner: str, name: str, value, *, at_least: int = 0) -> int:
+    """``value`` as an int: an integer (Python or numpy, not a bool or a float) >= at_least."""
+    if not (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))) or value < at_least:
+        kind = "a positive int" if at_least == 1 else f"an int >= {at_least}"
+        raise ValueError(f"{_label(owner, name)} must be {kind}, got {value!r}")
+    return int(value)
+
+
+def boolean(owner: str, name: str, value) -> bool:
+    """``value`` as a bool: True or False only ("false", 0 and None are refused, not guessed)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{_label(owner, name)} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def choice(owner: str, name: str, value, options) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{_label(owner, name)} must be one of {tuple(options)}, got {value!r}")
+    return value
 
 
 def check_fields(cls, data) -> dict:
@@ -36,18 +98,14 @@ class GPTConfig:
     """LayerNorm epsilon, GPT-2's value; matters when comparing against transformers to 1e-5."""
 
     def __post_init__(self):
-        for name in ("vocab_size", "context", "d_model", "n_layer", "n_head"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
-        if isinstance(self.d_mlp, bool) or not isinstance(self.d_mlp, int) or self.d_mlp < 0:
-            raise ValueError(f"GPTConfig.d_mlp must be an int >= 0 (0 = 4 * d_model), got {self.d_mlp!r}")
+        for name in ("vocab_size", "context", "d_model", "n_layer", "n_head", "d_mlp"):
+            value = whole_number("GPTConfig", name, getattr(self, name), at_least=0 if name == "d_mlp" else 1)
+            object.__setattr__(self, name, value)  # numpy ints become ints: the config is saved as JSON
         if self.d_model % self.n_head:
             raise ValueError(
                 f"GPTConfig.d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
             )
-        if not isinstance(self.ln_eps, (int, float)) or not self.ln_eps > 0:
-            raise ValueError(f"GPTConfig.ln_eps must be a positive float, got {self.ln_eps!r}")
+        object.__setattr__(self, "ln_eps", real_number("GPTConfig", "ln_eps", self.ln_eps, more_than=0, less_than=1))
         if self.d_mlp == 0:
             object.__setattr__(self, "d_mlp", 4 * self.d_model)
 

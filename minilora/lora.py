@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import to_device
-from .config import GPTConfig, check_fields
+from .config import GPTConfig, boolean, check_fields, choice, real_number, whole_number
 from .ops import linear, lora_delta
 from .tree import map_leaves
 
@@ -45,32 +45,8 @@ class LoraConfig:
     """Indices of the blocks to adapt; None adapts every block."""
 
     def __post_init__(self):
-        if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r <= 0:
-            raise ValueError(f"LoraConfig.r must be a positive int, got {self.r!r}")
-        if (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float, np.floating, np.integer))
-                or not 0 < self.alpha < math.inf):
-            raise ValueError(f"LoraConfig.alpha must be a positive finite number, got {self.alpha!r}")
-        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
-        if not targets:
-            raise ValueError(f"LoraConfig.targets must name at least one of {TARGETS}")
-        for t in targets:
-            if t not in TARGETS:
-                raise ValueError(f"LoraConfig.targets: unknown target {t!r}; choose from {TARGETS}")
-        if len(set(targets)) != len(targets):
-            raise ValueError(f"LoraConfig.targets: each target at most once, got {targets}")
-        object.__setattr__(self, "r", int(self.r))
-        object.__setattr__(self, "alpha", float(self.alpha))
-        object.__setattr__(self, "targets", tuple(t for t in TARGETS if t in targets))  # canonical order
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.init not in INITS:
-            raise ValueError(f"LoraConfig.init must be one of {INITS}, got {self.init!r}")
-        if self.layers is not None:
-            layers = tuple(self.layers)
-            if not layers or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0
-                                 for i in layers):
-                raise ValueError(f"LoraConfig.layers must be None or non-negative block indices, got {self.layers!r}")
-            object.__setattr__(self, "layers", tuple(sorted(set(int(i) for i in layers))))
+        for name, value in _checked_fields(self).items():
+            object.__setattr__(self, name, value)
 
     @property
     def scale(self) -> float:
@@ -114,12 +90,57 @@ class LoraConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoraConfig":
-        data = check_fields(cls, data)
-        if "targets" in data:
-            data["targets"] = tuple(data["targets"])
-        if data.get("layers") is not None:
-            data["layers"] = tuple(data["layers"])
-        return cls(**data)
+        return cls(**check_fields(cls, data))  # lists from JSON become tuples in __post_init__
+
+
+# ---- LoraConfig's field checks (each names the field, what it must be and what it got) ----------------------
+
+_SEQUENCES = (list, tuple, range, set, frozenset, np.ndarray)
+
+
+def _checked_fields(cfg: LoraConfig) -> dict:
+    """The fields of ``cfg`` in canonical form (int r, float alpha, sorted tuples), or ValueError."""
+    return {
+        "r": whole_number("LoraConfig", "r", cfg.r, at_least=1),
+        "alpha": real_number("LoraConfig", "alpha", cfg.alpha, more_than=0),
+        "targets": _targets_field(cfg.targets),
+        "dropout": real_number("LoraConfig", "dropout", cfg.dropout, at_least=0, less_than=1),
+        "use_rslora": boolean("LoraConfig", "use_rslora", cfg.use_rslora),
+        "init": choice("LoraConfig", "init", cfg.init, INITS),
+        "layers": _layers_field(cfg.layers),
+    }
+
+
+def _targets_field(value) -> tuple[str, ...]:
+    """One target name or a sequence of them, each at most once; returned in TARGETS' order."""
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, _SEQUENCES):
+        raise ValueError(f"LoraConfig.targets must be a name or a list of names from {TARGETS}, got {value!r}")
+    targets = tuple(value)
+    if not targets:
+        raise ValueError(f"LoraConfig.targets must name at least one of {TARGETS}")
+    for t in targets:
+        if not isinstance(t, str) or t not in TARGETS:
+            raise ValueError(f"LoraConfig.targets: unknown target {t!r}; choose from {TARGETS}")
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"LoraConfig.targets: each target at most once, got {targets}")
+    return tuple(t for t in TARGETS if t in targets)  # canonical order
+
+
+def _layers_field(value) -> tuple[int, ...] | None:
+    """None (every block) or a non-empty sequence of block indices; returned sorted, without repeats."""
+    if value is None:
+        return None
+    try:
+        layers = (tuple(sorted({whole_number("LoraConfig", "layers", i) for i in value}))
+                  if isinstance(value, _SEQUENCES) else ())
+    except (ValueError, TypeError):  # a non-int index, or a 0-d array
+        layers = ()
+    if not layers:
+        raise ValueError(f"LoraConfig.layers must be None or a non-empty list of block indices (ints >= 0), "
+                         f"got {value!r}")
+    return layers
 
 
 def init_lora(config: GPTConfig, lora_config: LoraConfig, seed: int, dtype=np.float32) -> dict:
@@ -132,7 +153,6 @@ def init_lora(config: GPTConfig, lora_config: LoraConfig, seed: int, dtype=np.fl
     two adapters of different rank is therefore nested at init (A of rank 8 equals the first 8 rows of A of
     rank 64, up to the "gaussian" scale 1/r); the others start at rank-dependent points of the stream.
     Comparing the subspaces learned at two ranks (Section 7.2) needs different seeds.
-    Drawn on the host and moved to the selected backend: a seed gives the same adapter on every backend.
     """
     if not isinstance(config, GPTConfig):
         raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
@@ -155,7 +175,7 @@ def init_lora(config: GPTConfig, lora_config: LoraConfig, seed: int, dtype=np.fl
                     A = rng.uniform(-bound, bound, size=(r, d_in))  # (r, d_in)
                 block[t] = {"A": A.astype(dtype), "B": np.zeros((d_out, r), dtype=dtype)}  # B (d_out, r)
         blocks.append(block)
-    return to_device({"blocks": blocks})
+    return to_device({"blocks": blocks})  # drawn on the host, placed on the selected backend
 
 
 def _check_seed(seed):

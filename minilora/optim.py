@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import real_number
 from .tree import map_leaves
 
 
@@ -21,6 +22,16 @@ class AdamW:
     eps: float = 1e-8
     weight_decay: float = 0.0
     """Decoupled weight decay (Loshchilov & Hutter), applied to matrices only: never to biases or LayerNorm."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "lr", real_number("AdamW", "lr", self.lr, more_than=0))
+        betas = self.betas
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"AdamW.betas must be a pair (beta1, beta2), got {betas!r}")
+        object.__setattr__(self, "betas", tuple(real_number("AdamW", f"betas[{i}]", b, at_least=0, less_than=1)
+                                                for i, b in enumerate(betas)))
+        object.__setattr__(self, "eps", real_number("AdamW", "eps", self.eps, more_than=0))
+        object.__setattr__(self, "weight_decay", real_number("AdamW", "weight_decay", self.weight_decay, at_least=0))
 
     def init(self, params) -> dict:
         zeros = lambda a: np.zeros_like(a)  # noqa: E731
@@ -66,7 +77,9 @@ def global_norm(grads) -> float:
 
 
 def clip_by_global_norm(grads, max_norm: float):
-    """Scale all gradients together so their global L2 norm is at most max_norm. Returns (grads, norm)."""
+    """Scale all gradients together so their global L2 norm is at most max_norm (0 = no clipping).
+    Returns (grads, norm before clipping)."""
+    max_norm = real_number("", "max_norm", max_norm, at_least=0)
     norm = global_norm(grads)
     if max_norm and norm > max_norm:
         factor = max_norm / (norm + 1e-12)

@@ -76,6 +76,9 @@ class DocModuleTask:
     the text the model is shown, so no input is in both splits."""
 
     name = "docmodule"
+    description = "name the standard-library module a docstring paragraph comes from"
+    metric = "accuracy"  # the headline metric of evaluate(); higher is better
+    eval_split = "held-out split"
 
     def __init__(self, context: int = 128, eval_fraction: float = 0.2):
         self.context = context
@@ -89,6 +92,7 @@ class DocModuleTask:
             raise AssertionError("DocModuleTask labels must have distinct first bytes")
         self._train = self._encode(self.train_examples)
         self._eval = self._encode(self.eval_examples)
+        self.chance = 1.0 / len(self.labels)  # accuracy of a uniform guess among the modules
 
     def _encode(self, examples):
         """x, y, w arrays (n, T) and the position of the first answer byte's prediction (n,)."""
@@ -140,6 +144,10 @@ class LanguageModelTask:
     """Next-byte prediction on the pretraining corpus; evaluation on fixed held-out windows."""
 
     name = "lm"
+    description = "next-byte prediction on the pretraining corpus"
+    metric = "loss"  # lower is better
+    eval_split = "held-out windows"
+    chance = None
 
     def __init__(self, context: int = 128, n_eval_windows: int = 64, eval_seed: int = 1234):
         self.context = context
@@ -180,6 +188,10 @@ class RankShiftTask:
     """
 
     name = "rankshift"
+    description = "match a teacher that is the base plus a random rank-k update of W_q and W_v"
+    metric = "kl"  # KL(teacher || student), lower is better; 0 = the shift recovered
+    eval_split = "held-out windows"
+    chance = None
 
     def __init__(self, params, config, k: int = 2, targets=("wq", "wv"), relative_norm: float = 0.5,
                  seed: int = 0, n_train: int = 256, n_eval: int = 32, length: int = 32):

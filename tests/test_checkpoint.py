@@ -9,6 +9,7 @@ import re
 import stat
 import struct
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -447,3 +448,111 @@ def test_base_record_matches_the_corpus_this_code_builds(shipped_base):
         pytest.skip(f"the base was pretrained on Python {record['data']['python_version']}, this is "
                     f"{info['python_version']}: the corpus differs a little between versions")
     assert (record["data"]["sha256"], record["data"]["n_bytes"]) == (info["sha256"], info["n_bytes"])
+
+
+# ---- provenance: fingerprints ------------------------------------------------------------------------------
+
+def test_fingerprint_sees_every_value_name_dtype_and_shape_but_not_insertion_order():
+    from minilora.provenance import fingerprint
+
+    params = tiny_params()
+    fp = fingerprint(params)
+    assert re.fullmatch(r"[0-9a-f]{64}", fp)
+    reordered = {k: params[k] for k in reversed(list(params))}
+    reordered["blocks"] = [{k: b[k] for k in reversed(list(b))} for b in params["blocks"]]
+    assert fingerprint(reordered) == fp
+    flipped = copy_tree(params)
+    flipped["blocks"][1]["mlp_out"]["W"].view(np.uint32)[3, 4] ^= 1  # one bit of one value
+    assert fingerprint(flipped) != fp
+    assert fingerprint(map_leaves(lambda a: a.astype(np.float64), params)) != fp
+    renamed = copy_tree(params)
+    renamed["ln_f"] = {"g": params["ln_f"]["b"], "b": params["ln_f"]["g"]}  # same bytes under other names
+    assert fingerprint(renamed) != fp
+    a = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    assert fingerprint(a) != fingerprint({"x": a["x"].reshape(3, 2)})  # same bytes, another shape
+    assert fingerprint(load_params(save_params_tmp(params))[0]) == fp  # survives a round trip
+
+
+def copy_tree(tree):
+    return map_leaves(lambda a: a.copy(), tree)
+
+
+def save_params_tmp(params):
+    import tempfile
+
+    return save_params(Path(tempfile.mkdtemp()) / "p.safetensors", params, TINY)
+
+
+def test_saves_record_their_base_only_when_given(tmp_path):
+    from minilora.provenance import fingerprint
+
+    lcfg = LoraConfig(r=2)
+    plain = save_adapter(tmp_path / "plain.safetensors", trained_lora(lcfg), lcfg, TINY)
+    assert "base_sha256" not in ckpt.read_info(plain)  # byte for byte what earlier versions wrote
+    base = tiny_params()
+    recorded = save_adapter(tmp_path / "rec.safetensors", trained_lora(lcfg), lcfg, TINY, base=base)
+    assert ckpt.read_info(recorded, "adapter")["base_sha256"] == fingerprint(base) == ckpt.adapter_base(recorded)
+    by_string = save_adapter(tmp_path / "s.safetensors", trained_lora(lcfg), lcfg, TINY, base=fingerprint(base))
+    assert ckpt.adapter_base(by_string) == fingerprint(base)
+    load_adapter(recorded, TINY, base=base)
+    with pytest.raises(ValueError, match="expected a 'params'"):
+        ckpt.read_info(recorded, "params")
+
+
+# ---- atomic writes: names, the folder's fsync, stale temporaries ------------------------------------------
+
+def test_temporary_names_are_unmistakable_and_carry_the_pid(tmp_path, monkeypatch):
+    seen = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: seen.append(Path(src).name) or real(src, dst))
+    ckpt.atomic_write_bytes(tmp_path / "a.safetensors", b"x")
+    (name,) = seen
+    assert re.fullmatch(rf"\.a\.safetensors\.minilora-[0-9a-f]{{8}}-{os.getpid()}-\w+\.tmp", name), name
+
+
+def test_the_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(
+        "fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append("rename") or real_replace(a, b))
+    ckpt.atomic_write_bytes(tmp_path / "a", b"x")
+    assert events == ["fsync file", "rename", "fsync folder"]
+
+
+def test_stale_temporaries_of_dead_writers_are_removed_and_no_others(tmp_path):
+    host = ckpt._host_tag()
+    dead = subprocess_pid_that_exited()
+    names = {
+        "dead": f".p.safetensors.minilora-{host}-{dead}-abc123.tmp",
+        "live": f".p.safetensors.minilora-{host}-{os.getppid()}-abc123.tmp",
+        "own": f".p.safetensors.minilora-{host}-{os.getpid()}-abc123.tmp",
+        "other host": f".p.safetensors.minilora-00000000-{dead}-abc123.tmp" if host != "00000000" else "x.tmp",
+        "other target": f".q.safetensors.minilora-{host}-{dead}-abc123.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    save_params(tmp_path / "p.safetensors", tiny_params(), TINY)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert names["dead"] not in left
+    assert {names[k] for k in ("live", "own", "other host", "other target")} <= left
+
+
+def subprocess_pid_that_exited() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def test_a_save_refuses_non_finite_values_unless_asked(tmp_path):
+    params = tiny_params()
+    params["wte"][0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"wte has 1 non-finite values .*nothing was written"):
+        save_params(tmp_path / "p.safetensors", params, TINY)
+    assert not (tmp_path / "p.safetensors").exists()
+    path = save_params(tmp_path / "p.safetensors", params, TINY, allow_nonfinite=True)
+    with pytest.raises(ValueError, match="allow_nonfinite"):
+        load_params(path)
+    assert np.isnan(load_params(path, allow_nonfinite=True)[0]["wte"][0, 0])

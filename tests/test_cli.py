@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +18,7 @@ import minilora.checkpoint as ckpt
 from minilora import GPTConfig, init_params, merge
 from minilora.checkpoint import load_adapter, load_params, save_params
 from minilora.cli import main
+from minilora.provenance import fingerprint
 from minilora.tree import flatten
 
 BASE = GPTConfig.preset("base")
@@ -62,7 +69,7 @@ def test_finetune_lora(finetuned):
 
 def test_finetune_full(shipped_base, tmp_path, capsys):
     code, out, err = run(capsys, "finetune", "--method", "full", "--steps", "2", "--batch-size", "2",
-                         "--eval-every", "0", "--out", tmp_path)
+                         "--eval-every", "0", "--out", tmp_path, "--json")
     assert code == 0, err
     summary = json.loads(out)
     assert summary["method"] == "full" and summary["trainable_params"] > 800_000
@@ -75,10 +82,16 @@ def test_finetune_full(shipped_base, tmp_path, capsys):
 
 
 def test_eval_adapter(finetuned, capsys):
-    code, out, err = run(capsys, "eval", "--adapter", finetuned[1] / "adapter.safetensors")
+    code, out, err = run(capsys, "eval", "--adapter", finetuned[1] / "adapter.safetensors", "--json")
     assert code == 0, err
-    result = json.loads(out)
+    report = json.loads(out)
+    result = report["metrics"]
     assert set(result) == {"accuracy", "loss", "n"}
+    assert report["chance"] == 0.1 and report["split"] == "held-out split" and report["n"] == 230
+    assert report["base"]["sha256"] == fingerprint(ckpt.load_base()[0]) and report["params"] is None
+    assert report["adapter"]["file"] == str(finetuned[1] / "adapter.safetensors")
+    assert report["below_chance"] is (result["accuracy"] < 0.1)
+    assert set(report["base_metrics"]) == {"accuracy", "loss", "n"}
     assert 0.0 <= result["accuracy"] <= 1.0 and np.isfinite(result["loss"]) and result["n"] > 100
     # the same numbers the fine-tuning run recorded at its end
     metrics = json.loads((finetuned[1] / "metrics.json").read_text())
@@ -123,7 +136,7 @@ def test_tour(shipped_base, tmp_path, capsys):
     code, out, err = run(capsys, "tour", "--quick", "--steps", 2, "--out", tmp_path)
     assert code == 0, err[-2000:]
     for name in ("training_curves.png", "parameter_counts.png", "singular_values.png", "adapter.safetensors",
-                 "summary.json"):
+                 "summary.json", "report.txt"):
         path = tmp_path / name
         assert path.is_file() and path.stat().st_size > 0, f"tour did not write {name}"
     for name in ("training_curves.png", "parameter_counts.png", "singular_values.png"):
@@ -134,8 +147,15 @@ def test_tour(shipped_base, tmp_path, capsys):
     assert summary["lora_params"] < summary["full_params"] / 40
     assert summary["adapter_bytes"] < summary["full_bytes"] / 20
     assert summary["merge_max_abs_diff"] <= 1e-4
-    load_adapter(tmp_path / "adapter.safetensors", BASE)
+    load_adapter(tmp_path / "adapter.safetensors", BASE, base=ckpt.load_base()[0])  # it records the shipped base
     assert "bitwise identical: True" in out
+    # the printed report is the text file, and the step times were measured as interleaved pairs
+    assert (tmp_path / "report.txt").read_text() == out.lstrip("\n")
+    assert "full/LoRA = " in out and "of the per-pair ratios [p10, p90]" in out and "CPUs meanwhile" in out
+    assert summary["timing_pairs"] == 3
+    lo, hi = summary["step_time_ratio_p10_p90"]
+    assert lo <= summary["step_time_ratio_full_over_lora"] <= hi
+    assert "\r" not in err, "progress bars redraw with \\r only on a terminal"
 
 
 # ---- bad input: exit code 2 and a message that names the problem ------------------------------------------
@@ -196,3 +216,179 @@ def test_argparse_errors_exit_2(capsys):
             main(argv)
         assert exc.value.code == 2
         assert "error" in capsys.readouterr().err
+
+
+# ---- what the commands print ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_base(tmp_path_factory):
+    """A base of context 128 but width 16: the docmodule task runs on it in a fraction of a second."""
+    from test_faults import SMALL
+
+    return save_params(tmp_path_factory.mktemp("small") / "small.safetensors", init_params(SMALL, 0), SMALL)
+
+
+def test_finetune_prints_a_summary_and_overwrites_only_when_asked(small_base, tmp_path, capsys):
+    argv = ["finetune", "--base", small_base, "--r", 2, "--steps", 3, "--batch-size", 2, "--eval-every", 0,
+            "--out", tmp_path]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("fine-tuned  LoRA r=2 alpha=16 on wq,wv of all blocks of base ")
+    assert str(small_base) in lines[0] and "fingerprint" in lines[0]
+    assert lines[1].startswith("trained     256 parameters (2.41% of 10,624)")
+    assert "for 3 steps on docmodule" in lines[1]
+    assert lines[2].startswith("held out    accuracy ") and "(base " in lines[2] and "chance 0.100" in lines[2]
+    assert lines[4].startswith(f"wrote       {tmp_path / 'adapter.safetensors'} (")
+    before = (tmp_path / "adapter.safetensors").read_bytes()
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "exists; pass --overwrite" in err
+    assert (tmp_path / "adapter.safetensors").read_bytes() == before
+    code, out, err = run(capsys, *argv, "--overwrite", "--json", "--seed", 1)
+    assert code == 0, err
+    assert json.loads(out)["final"]["step"] == 3
+    assert (tmp_path / "adapter.safetensors").read_bytes() != before
+
+
+def test_progress_is_plain_lines_without_a_terminal(small_base, tmp_path, capsys):
+    argv = ["finetune", "--base", small_base, "--r", 2, "--steps", 3, "--batch-size", 2, "--eval-every", 0]
+    code, _, err = run(capsys, *argv, "--out", tmp_path / "a")
+    assert code == 0, err
+    assert "\r" not in err
+    assert [line.split(",")[0] for line in err.splitlines()] == [f"lora fine-tuning: step {i}/3" for i in (1, 2, 3)]
+    code, out, err = run(capsys, *argv, "--out", tmp_path / "b", "--no-progress")
+    assert code == 0 and err == "" and out
+    code, out, err = run(capsys, "--quiet", *argv, "--out", tmp_path / "c")
+    assert code == 0 and err == "" and out
+
+
+def test_progress_modes():
+    from minilora.progress import Progress, resolve_mode
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+        def write(self, text):
+            pass
+
+        def flush(self):
+            pass
+
+    assert resolve_mode(True, Terminal()) == "bar"
+    assert resolve_mode(True, io.StringIO()) == "lines"
+    assert resolve_mode(False) == "none"
+    with pytest.raises(ValueError, match="progress must be"):
+        resolve_mode("fancy")
+    stream = io.StringIO()
+    bar = Progress("x", 0, 20, "lines", stream=stream)
+    for done in range(1, 21):
+        bar.step(done, 1.0, {"step": done, "accuracy": 0.5} if done == 7 else None)
+    lines = stream.getvalue().splitlines()
+    assert [int(line.split()[2].split("/")[0].rstrip(",")) for line in lines] == [2, 4, 6, 7, 8, 10, 12, 14, 16, 18,
+                                                                                  20]
+    assert "eval accuracy 0.5000" in lines[3]
+
+
+def test_eval_says_what_it_evaluated(finetuned, capsys):
+    adapter = finetuned[1] / "adapter.safetensors"
+    code, out, err = run(capsys, "eval", "--adapter", adapter)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"evaluated  adapter {adapter} (LoRA r=2 alpha=16 on wq,wv of all blocks) on the "
+                               f"shipped base {ckpt.BASE_CHECKPOINT} [fingerprint ")
+    assert lines[1].startswith("task       docmodule: name the standard-library module")
+    assert "held-out split" in lines[1] and "n = 230" in lines[1]
+    assert lines[2].split() == ["accuracy", "loss"]
+    assert [line.split()[0] for line in lines[3:6]] == ["this", "base", "chance"]
+    assert lines[5].split()[1] == "0.1000"
+
+
+def test_eval_says_when_a_model_is_below_chance(small_base, capsys, monkeypatch):
+    from minilora.tasks import DocModuleTask
+
+    monkeypatch.setattr(DocModuleTask, "evaluate", lambda self, *a, **k: {"accuracy": 0.04, "loss": 7.0, "n": 230})
+    code, out, err = run(capsys, "eval", "--base", small_base)
+    assert code == 0, err
+    assert "below chance: accuracy 0.040 is under the 0.100 of a uniform guess" in out
+
+
+def test_generate_echo_and_top_k(small_base, capsys):
+    code, plain, err = run(capsys, "generate", "abc", "--base", small_base, "--max-new", 6)
+    assert code == 0, err
+    code, echoed, err = run(capsys, "generate", "abc", "--base", small_base, "--max-new", 6, "--echo")
+    assert code == 0 and echoed == "abc" + plain, err
+    # top-1 sampling is greedy decoding, whatever the temperature and seed
+    code, top1, err = run(capsys, "generate", "abc", "--base", small_base, "--max-new", 6, "--temperature", 5,
+                          "--top-k", 1, "--seed", 7)
+    assert code == 0 and top1 == plain, err
+
+
+def test_merged_file_records_what_it_merged(finetuned, tmp_path, capsys):
+    adapter = finetuned[1] / "adapter.safetensors"
+    out_path = tmp_path / "merged.safetensors"
+    assert run(capsys, "merge", "--adapter", adapter, "--out", out_path)[0] == 0
+    base = ckpt.load_base()[0]
+    info = ckpt.read_info(out_path, "params")
+    assert info["base_sha256"] == fingerprint(base)
+    (entry,) = info["merged"]
+    assert entry["adapter_sha256"] == fingerprint(load_adapter(adapter, BASE)[0])
+    assert entry["base_sha256"] == fingerprint(base) and entry["file"] == str(adapter)
+    assert ckpt.adapter_base(adapter) == fingerprint(base)
+
+
+# ---- help, version, python -m -----------------------------------------------------------------------------
+
+def test_help_everywhere(capsys):
+    from minilora.cli import SUBCOMMANDS, _HelpFormatter, build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert exc.value.code == 0 and "`" not in top
+    assert all(name in top for name in SUBCOMMANDS) and "exit codes:" in top
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) == set(SUBCOMMANDS) >= {"pretrain", "finetune", "eval", "generate", "merge",
+                                                            "tour"}
+    for name, sub in subparsers.choices.items():
+        with pytest.raises(SystemExit) as exc:
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        assert exc.value.code == 0 and " ".join(SUBCOMMANDS[name].description.split()[:4]) in " ".join(text.split())
+        formatter = _HelpFormatter(name)
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"minilora {name} {action.option_strings or action.dest} has no help"
+            if not action.option_strings:  # a positional argument: no default to show
+                continue
+            meaningful = action.default not in (None, argparse.SUPPRESS) and action.default is not False
+            if meaningful:
+                assert "default" in formatter._get_help_string(action), (name, action.option_strings)
+    assert "(default: 300)" in run_help(capsys, "finetune") and "(default: 3000)" in run_help(capsys, "pretrain")
+    assert "(default: 0.0)" in run_help(capsys, "generate")  # zero defaults are shown too
+
+
+def run_help(capsys, name):
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_version(capsys):
+    from minilora import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.startswith(f"minilora {__version__} (numpy ")
+
+
+def test_python_dash_m(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(ckpt.__file__).parent.parent)}
+    done = subprocess.run([sys.executable, "-m", "minilora", "--version"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0 and done.stdout.startswith("minilora "), done.stderr
+    done = subprocess.run([sys.executable, "-m", "minilora", "eval", "--base", str(tmp_path / "nope")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -195,7 +195,7 @@ def test_nan_guard_stops_and_keeps_last_good_state(tmp_path, method):
     state = tmp_path / "state.safetensors"
     params = tiny_params()
     extra = {"lora": init_lora(TINY, LCFG, 0), "lora_config": LCFG} if method == "lora" else {}
-    with pytest.raises(TrainingDiverged, match=r"step 3\b") as err:
+    with pytest.raises(TrainingDiverged, match=r"step 4\b") as err:  # the 4th step (index 3) sees the NaN
         train(PoisonedTask(3), params, TINY, tc(steps=10, checkpoint_every=1), method=method, checkpoint=state,
               progress=False, **extra)
     assert str(state) in str(err.value), "the message should say where the last good state is"
@@ -217,9 +217,9 @@ def test_nan_guard_stops_and_keeps_last_good_state(tmp_path, method):
 def test_nan_guard_on_poisoned_params(tiny_task):
     params = tiny_params()
     params["blocks"][0]["wq"]["W"][0, 0] = np.inf
-    with pytest.raises(TrainingDiverged, match="step 0"):
+    with pytest.raises(TrainingDiverged, match=r"step 1\b"):
         run_lora(tiny_task, params, tc(steps=3))
-    with pytest.raises(TrainingDiverged, match="step 0"):
+    with pytest.raises(TrainingDiverged, match=r"step 1\b"):
         train(tiny_task, params, TINY, tc(steps=3), method="full", progress=False)
 
 
@@ -348,3 +348,65 @@ def test_each_state_is_written_once(tiny_task, tmp_path, monkeypatch):
     assert writes == [3, 6]
     run_lora(tiny_task, tiny_params(), tc(steps=6, checkpoint_every=4), checkpoint=tmp_path / "t.safetensors")
     assert writes == [3, 6, 4, 6]
+
+
+# ---- the finite blow-up guard and resume compatibility ---------------------------------------------------
+
+def small_run(task, config, **kw):
+    from test_faults import LCFG as SMALL_LCFG
+    from test_faults import SMALL, small_params
+
+    return train(task, small_params(), SMALL, config, method="lora", lora=init_lora(SMALL, SMALL_LCFG, 0),
+                 lora_config=SMALL_LCFG, progress=False, **kw)
+
+
+def test_blowup_reference_is_the_mean_of_the_first_five_steps():
+    from test_faults import SmallTask
+
+    config = tc(steps=10, batch_size=2, clip=0.0)
+    clean = small_run(SmallTask(), config)
+    reference = np.mean(losses(clean)[:5])
+    # targets x 20 at step 8 (index 7): that loss is about 20 times the others; x 5 stays under the factor 10
+    with pytest.raises(TrainingDiverged, match=r"step 8: the loss .* blowup_factor=10 times the reference loss "
+                                               rf"{reference:.4g} \(the mean of steps 1-5\)"):
+        small_run(SmallTask(scale_at=7, scale=20.0), config)
+    assert len(small_run(SmallTask(scale_at=7, scale=5.0), config).history) == 10
+    with pytest.raises(TrainingDiverged, match=r"step 8: .*blowup_factor=4"):
+        small_run(SmallTask(scale_at=7, scale=5.0), tc(steps=10, batch_size=2, clip=0.0, blowup_factor=4.0))
+
+
+def test_blowup_in_the_first_steps_compares_with_the_steps_done():
+    from test_faults import SmallTask
+
+    with pytest.raises(TrainingDiverged, match=r"step 2: .*\(the mean of step 1\)"):
+        small_run(SmallTask(scale_at=1, scale=50.0), tc(steps=4, batch_size=2))
+
+
+def test_resume_may_change_the_blowup_factor_and_reads_states_saved_before_it_existed(tmp_path):
+    import json
+
+    from test_faults import SmallTask
+
+    from minilora.checkpoint import read_safetensors, write_safetensors
+
+    state = tmp_path / "s.safetensors"
+    full = small_run(SmallTask(), tc(steps=6, batch_size=2))
+    small_run(SmallTask(), tc(steps=6, batch_size=2), checkpoint=state, stop_after=3)
+    resumed = small_run(SmallTask(), tc(steps=6, batch_size=2, blowup_factor=0.0), resume=state)
+    assert losses(resumed) == losses(full)
+    # a state written before blowup_factor and base fingerprints existed
+    arrays, meta = read_safetensors(state)
+    info = json.loads(meta["minilora"])
+    del info["train_config"]["blowup_factor"], info["base_sha256"]
+    old = write_safetensors(tmp_path / "old.safetensors", arrays, {"minilora": json.dumps(info)})
+    assert losses(small_run(SmallTask(), tc(steps=6, batch_size=2), resume=old)) == losses(full)
+    with pytest.raises(ValueError, match=r"train_config differs in lr \(0\.03 there, 0\.01 here\)"):
+        small_run(SmallTask(), tc(steps=6, batch_size=2, lr=1e-2), resume=old)
+
+
+def test_train_config_round_trips_and_names_unknown_fields():
+    config = tc(blowup_factor=3.0)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"TrainConfig: unknown field\(s\) \['lr_max'\]"):
+        TrainConfig.from_dict({"lr_max": 1.0})
+    assert TrainConfig(lr=np.float32(1e-3), steps=np.int32(3)).steps == 3
