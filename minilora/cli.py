@@ -531,6 +531,33 @@ def cmd_merge(args, console):
     console.out(f"saved merged parameters to {out}: {_describe_lora(lcfg)} folded into {base.label}")
 
 
+# ---- golden --------------------------------------------------------------------------------------------------
+
+def _golden_flags(p):
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for index.json and one .npz per case (created if "
+                                                      "missing)")
+    _overwrite_flag(p)
+
+
+@subcommand("golden", "write framework-neutral LoRA test vectors: index.json + one .npz per case",
+            "Write the golden cases (lora_linear and its VJP, merge, an attention block and the whole model with "
+            "LoRA, float32 and float64) into OUT_DIR: index.json states the conventions (weight layout, which "
+            "factor is A and which B, the scale, where dropout acts) and each case's op, dtype, tolerance and "
+            "file; each .npz opens with numpy.load(allow_pickle=False). Existing golden files need --overwrite.",
+            _golden_flags)
+def cmd_golden(args, console):
+    from .golden import write_golden
+    from .paths import check_outputs
+
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"OUT_DIR: {out} exists and is not a folder")
+    check_outputs({"OUT_DIR/index.json": out / "index.json"}, overwrite=args.overwrite)
+    cases = json.loads(write_golden(out).read_text())["cases"]
+    ops = ", ".join(sorted({c["op"] for c in cases}))
+    console.out(f"wrote {len(cases)} golden cases ({ops}) to {out}; conventions and tolerances in {out / 'index.json'}")
+
+
 # ---- tour ------------------------------------------------------------------------------------------------------
 
 def _tour_flags(p):

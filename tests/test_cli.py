@@ -392,3 +392,16 @@ def test_python_dash_m(tmp_path):
                           capture_output=True, text=True, env=env)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_golden_command(tmp_path, capsys):
+    code, out, err = run(capsys, "golden", tmp_path / "g")
+    assert code == 0 and (tmp_path / "g" / "index.json").is_file() and "62 golden cases" in out, err
+    before = (tmp_path / "g" / "index.json").read_bytes()
+    code, out, err = run(capsys, "golden", tmp_path / "g")
+    assert code == 2 and "exists" in err and "--overwrite" in err and err.count("\n") == 1
+    assert (tmp_path / "g" / "index.json").read_bytes() == before
+    code, out, err = run(capsys, "golden", tmp_path / "g", "--overwrite")
+    assert code == 0 and (tmp_path / "g" / "index.json").read_bytes() == before  # deterministic
+    code, out, err = run(capsys, "golden", tmp_path / "g" / "index.json")
+    assert code == 2 and "is not a folder" in err
