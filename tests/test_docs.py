@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import io
 import re
@@ -51,12 +52,26 @@ def anchors(page: Path) -> set[str]:
 @pytest.mark.parametrize("page", [p for p in PAGES if p.name not in RUN_ELSEWHERE and python_blocks(p)],
                          ids=lambda p: p.name)
 def test_code_blocks_run(page, tmp_path, monkeypatch):
-    """A page's blocks run in order in one namespace, in an empty temporary folder."""
+    """A page's blocks run in order in one namespace, in an empty temporary folder. A block whose first line is
+    "# needs: a, b" runs only where those packages are installed (the parity extra); the others always run."""
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__main__"}
+    skipped = []
     with contextlib.redirect_stdout(io.StringIO()):
         for i, code in enumerate(python_blocks(page)):
+            missing = [m for m in needs(code) if importlib.util.find_spec(m) is None]
+            if missing:
+                skipped.append(f"block {i + 1} needs {', '.join(missing)}")
+                continue
             exec(compile(code, f"{page.name}, python block {i + 1}", "exec"), namespace)
+    if skipped:
+        pytest.skip("; ".join(skipped) + " (not installed); every other block ran")
+
+
+def needs(code: str) -> list[str]:
+    first = code.splitlines()[0] if code.strip() else ""
+    m = re.match(r"# needs: (.*)", first)
+    return [name.strip() for name in m.group(1).split(",")] if m else []
 
 
 def test_pages_have_code_to_run():
@@ -138,3 +153,8 @@ def test_public_names_without_all():
     names = apidoc.public_names(tree)
     assert "flatten" in names and not any(n.startswith("_") for n in names)
     assert "np" not in names  # imported, not defined
+
+
+def test_needs_line():
+    assert needs("# needs: torch, peft\nimport torch\n") == ["torch", "peft"]
+    assert needs("import numpy\n") == [] and needs("") == []
