@@ -150,7 +150,8 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
     history, evals = [], []
     meta = {"method": method, "train_config": train_config.to_dict(), "config": config.to_dict(),
             "lora_config": lora_config.to_dict() if lora_config else None, "task": getattr(task, "name", "?"),
-            "base_sha256": fingerprint(params)}
+            # only a run that writes or reads a state needs the fingerprint (reading a device base costs a copy)
+            "base_sha256": fingerprint(params) if checkpoint is not None or resume is not None else None}
     states = _States(checkpoint, meta)
     if resume is not None:
         trainable, opt_state, history, evals = states.resume(resume, config, train_config)
