@@ -48,7 +48,7 @@ def record_nodes(step, *args):
     return nodes
 
 
-def replay(nodes, reps, seed=0):
+def replay(nodes, reps, seed=0, clock=time.perf_counter):
     """{name: (forward ms, vjp ms, calls)} medians over reps of each name's summed time."""
     from autograd.core import vspace
 
@@ -60,13 +60,13 @@ def replay(nodes, reps, seed=0):
         f_sum = collections.Counter()
         b_sum = collections.Counter()
         for name, fun, fargs, kwargs, _, _ in nodes:
-            t0 = time.perf_counter()
+            t0 = clock()
             fun.fun(*fargs, **kwargs)
-            f_sum[name] += time.perf_counter() - t0
-        for (name, *_, vjp), g in zip(reversed(nodes), reversed(cotangents)):
-            t0 = time.perf_counter()
+            f_sum[name] += clock() - t0
+        for (name, *_, vjp), g in zip(reversed(nodes), reversed(cotangents), strict=True):
+            t0 = clock()
             vjp(g)
-            b_sum[name] += time.perf_counter() - t0
+            b_sum[name] += clock() - t0
         for name in {n for n, *_ in nodes}:
             fw[name].append(f_sum[name])
             bw[name].append(b_sum[name])
@@ -87,33 +87,36 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="OpenBLAS threads and minilora's element-wise pool (default: os.cpu_count())")
     p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: time.perf_counter; cpu: time.process_time (CPU time of all threads: nearly immune "
+                        "to other processes with --threads 1, but it counts spinning BLAS threads)")
     args = p.parse_args(argv)
 
     from minilora import backend
 
     backend.tune_malloc()
     set_blas_threads(args.threads)
-    if hasattr(backend, "set_threads"):
-        backend.set_threads(args.threads)
+    backend.set_threads(args.threads)
     cfg, lcfg, params, lora, batch = make_problem(args)
     ml_lora, ml_full = minilora_steps(cfg, lcfg)
     step, step_args = (ml_lora, (lora, params, batch)) if args.mode == "lora" else (ml_full, (params, batch))
 
     for _ in range(3):
         step(*step_args)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     walls = []
     for _ in range(args.reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         step(*step_args)
-        walls.append(time.perf_counter() - t0)
+        walls.append(clock() - t0)
     wall = float(np.median(walls)) * 1e3
     nodes = record_nodes(step, *step_args)
-    prof = replay(nodes, args.reps, args.seed)
+    prof = replay(nodes, args.reps, args.seed, clock)
 
     load = os.getloadavg()
-    pool = backend.get_threads() if hasattr(backend, "get_threads") else 1
     print(f"profile of one {args.mode} step: preset {args.preset!r}, batch {args.batch} x T {args.T}; "
-          f"BLAS threads {args.threads}, element-wise pool {pool}; load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+          f"BLAS threads {args.threads}, element-wise pool {backend.get_threads()}; {args.clock} clock; "
+          f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"{'primitive':24s} {'calls':>5s} {'forward ms':>10s} {'VJP ms':>8s} {'total':>8s}")
     rows = sorted(prof.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))
     tot_f = tot_b = 0.0
@@ -121,7 +124,7 @@ def main(argv=None):
         tot_f, tot_b = tot_f + f, tot_b + b
         print(f"{name:24s} {n:5d} {f:10.2f} {b:8.2f} {f + b:8.2f}")
     print(f"{'sum of primitives':24s} {len(nodes):5d} {tot_f:10.2f} {tot_b:8.2f} {tot_f + tot_b:8.2f}")
-    print(f"{'step (median wall)':24s} {'':5s} {'':10s} {'':8s} {wall:8.2f}")
+    print(f"{'step (median)':24s} {'':5s} {'':10s} {'':8s} {wall:8.2f}")
     print(f"{'autograd bookkeeping':24s} {'':5s} {'':10s} {'':8s} {wall - tot_f - tot_b:8.2f}")
     return 0
 
