@@ -133,6 +133,9 @@ from queue import SimpleQueue as _SimpleQueue  # noqa: E402
 
 POOL_MIN_ELEMENTS = 1 << 16
 """Arrays with fewer elements than this run in one call: a hand-off to a thread costs ~10-30 us."""
+POOL_BLOCK_ELEMENTS = 1 << 17
+"""Largest block: a kernel's passes over a block this size stay in a core's cache (15% faster GELU VJP than
+whole 2 MB arrays), and small blocks let an idle thread take over the work of one that is descheduled."""
 
 _pool = {"threads": None, "min_elements": POOL_MIN_ELEMENTS, "workers": 0}
 _pool_lock = _threading.Lock()
@@ -249,11 +252,11 @@ def rowwise(kernel, *args, out):
     arrays = [a for a in args + outs if hasattr(a, "shape")]
     threads = get_threads()
     n = rows.shape[0] if rows.ndim else 0
-    if (threads == 1 or n < 2 or any(type(a) is not numpy.ndarray for a in arrays)
-            or max(a.size for a in arrays) < _pool["min_elements"]):
+    largest = max(a.size for a in arrays)
+    if threads == 1 or n < 2 or largest < _pool["min_elements"] or any(type(a) is not numpy.ndarray for a in arrays):
         kernel(*args, out=out)
         return out
-    n_blocks = min(threads, n)
+    n_blocks = min(n, max(threads, -(-largest // POOL_BLOCK_ELEMENTS)))
     edges = [n * i // n_blocks for i in range(n_blocks + 1)]
     blocks = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
@@ -261,8 +264,9 @@ def rowwise(kernel, *args, out):
         blocks.append((tuple(_row_block(a, rows, n, lo, hi) for a in args),
                        block_out if isinstance(out, tuple) else block_out[0]))
     job = _Job(kernel, blocks)
-    _start_workers(n_blocks - 1)
-    for _ in range(n_blocks - 1):
+    helpers = min(threads, n_blocks) - 1
+    _start_workers(helpers)
+    for _ in range(helpers):
         _tickets.put(job)
     job.work()
     job.done.wait()

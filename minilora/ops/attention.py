@@ -31,12 +31,16 @@ def causal_mask(T, dtype, xp):
     return _MASKS[key]
 
 
-def _heads(t, n_head):
-    """(B, T, d) -> (B·H, T, d_h): the heads as one stack of matrices (a copy), so that the pool can cut the
-    stack into blocks whatever B is."""
+def _heads(t, n_head, keys_last=False):
+    """(B, T, d) -> (B·H, T, d_h), or (B·H, d_h, T) with keys_last: the heads as one stack of matrices (a
+    copy), so that the pool can cut the stack into blocks whatever B is. A stacked product runs at half
+    speed with a transposed view on its right (NumPy + OpenBLAS), hence keys_last for Kᵀ and Vᵀ."""
     B, T, d = t.shape
     dh = d // n_head
-    return t.reshape(B, T, n_head, dh).transpose(0, 2, 1, 3).reshape(B * n_head, T, dh)  # (B·H, T, d_h)
+    heads = t.reshape(B, T, n_head, dh).transpose(0, 2, 1, 3)  # (B, H, T, d_h) view
+    if keys_last:
+        return heads.transpose(0, 1, 3, 2).reshape(B * n_head, dh, T)  # (B·H, d_h, T)
+    return heads.reshape(B * n_head, T, dh)  # (B·H, T, d_h)
 
 
 def _merge_heads(t, B):
@@ -45,10 +49,10 @@ def _merge_heads(t, B):
     return t.reshape(B, BH // B, T, dh).transpose(0, 2, 1, 3).reshape(B, T, BH // B * dh)  # (B, T, d)
 
 
-def _probs_rows(qh, kh, mask, out):
+def _probs_rows(qh, kh_t, mask, out):
     """out = softmax(qh khᵀ + M) per matrix of a stack (qh already scaled by 1/√d_h); written in place."""
     xp = array_module(qh)
-    xp.matmul(qh, kh.transpose(0, 2, 1), out=out)  # (n, T, T) scores
+    xp.matmul(qh, kh_t, out=out)  # (n, T, T) scores
     out += mask
     out -= out.max(axis=-1, keepdims=True)  # the diagonal is always finite, so every row has a finite max
     xp.exp(out, out=out)
@@ -60,9 +64,10 @@ def attention_probs(q, k, n_head):
     """P = softmax(Q Kᵀ/√d_h + M) per head. q, k (B, T, d) -> P (B, H, T, T)."""
     xp = array_module(q)
     B, T, d = q.shape
-    qh, kh = _heads(q * (1.0 / math.sqrt(d // n_head)), n_head), _heads(k, n_head)  # (B·H, T, d_h) each
+    qh, kh_t = _heads(q, n_head), _heads(k, n_head, keys_last=True)  # (B·H, T, d_h), (B·H, d_h, T)
+    qh *= 1.0 / math.sqrt(d // n_head)  # our own copy
     p = xp.empty((B * n_head, T, T), dtype=q.dtype)  # (B·H, T, T)
-    rowwise(_probs_rows, qh, kh, causal_mask(T, p.dtype, xp), out=p)
+    rowwise(_probs_rows, qh, kh_t, causal_mask(T, p.dtype, xp), out=p)
     return p.reshape(B, n_head, T, T)  # (B, H, T, T)
 
 
@@ -115,7 +120,7 @@ def _attend_vjp(argnums, out, args, kwargs):
         grads = []
         for i in argnums:
             if i == 0:  # dP = dO Vᵀ
-                grads.append(stacked_matmul(gh, _heads(v, H).transpose(0, 2, 1)).reshape(p.shape))  # (B, H, T, T)
+                grads.append(stacked_matmul(gh, _heads(v, H, keys_last=True)).reshape(p.shape))  # (B, H, T, T)
             else:  # dV = Pᵀ dO
                 grads.append(_merge_heads(stacked_matmul(p3.transpose(0, 2, 1), gh), B))  # (B, T, d)
         return tuple(grads)

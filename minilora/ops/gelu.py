@@ -14,21 +14,22 @@ _C = math.sqrt(2.0 / math.pi)  # Python floats keep float32 arrays float32 (NumP
 _A = 0.044715
 
 
-def _tanh_inner(x):
-    """t = tanh(c (x + 0.044715 x³)) = tanh(x (c + 0.044715 c x²)), in place: x**3 calls pow(), ten times slower."""
+def _tanh_inner(x, out):
+    """out = tanh(c (x + 0.044715 x³)) = tanh(x (c + 0.044715 c x²)), in out alone: x**3 would call pow(),
+    ten times slower."""
     xp = array_module(x)
-    t = x * x  # (...)
-    t *= _A * _C
-    t += _C
-    t *= x
-    return xp.tanh(t, out=t)
+    xp.multiply(x, x, out=out)
+    out *= _A * _C
+    out += _C
+    out *= x
+    return xp.tanh(out, out=out)
 
 
 def _gelu_rows(x, out):
     """out = 0.5 x (1 + t)."""
-    t = _tanh_inner(x)
-    t += 1.0
-    array_module(x).multiply(t, x, out=out)
+    _tanh_inner(x, out)
+    out += 1.0
+    out *= x
     out *= 0.5
 
 
@@ -36,7 +37,7 @@ def _gelu_grad_rows(x, g, out):
     """out = g dy/dx, dy/dx = 0.5 (1 + t) + 0.5 x (1 - t²) c (1 + 3·0.044715 x²) = (1 + t) (0.5 + s (1 - t)),
     s = 0.5 x c (1 + 3·0.044715 x²) (the 0.5 folded into the constants)."""
     xp = array_module(x)
-    t = _tanh_inner(x)
+    t = _tanh_inner(x, xp.empty_like(x))
     s = x * x
     s *= 1.5 * _A * _C
     s += 0.5 * _C
