@@ -124,11 +124,13 @@ def tune_malloc(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30) -
 # in, so the result is bit-identical to the single-threaded one; a reduction across rows is never split.
 # ``rowwise`` is the only entry point. It runs the kernel in one call (no threads) when the pool is off
 # (MINILORA_THREADS=1 or set_threads(1)), when the arrays are small (threads then cost more than they save),
-# and for anything that is not a numpy.ndarray (CuPy arrays, a stand-in array type).
+# for anything that is not a numpy.ndarray (CuPy arrays, a stand-in array type), and when timing shows that
+# one call is faster (a machine whose cores other processes are using, see _Choice).
 
 # (imported here, not at the top, so that this section stays self-contained)
 import os as _os  # noqa: E402
 import threading as _threading  # noqa: E402
+import time as _time  # noqa: E402
 from queue import SimpleQueue as _SimpleQueue  # noqa: E402
 
 POOL_MIN_ELEMENTS = 1 << 16
@@ -137,7 +139,8 @@ POOL_BLOCK_ELEMENTS = 1 << 17
 """Largest block: a kernel's passes over a block this size stay in a core's cache (15% faster GELU VJP than
 whole 2 MB arrays), and small blocks let an idle thread take over the work of one that is descheduled."""
 
-_pool = {"threads": None, "min_elements": POOL_MIN_ELEMENTS, "workers": 0}
+_pool = {"threads": None, "min_elements": POOL_MIN_ELEMENTS, "measure": True, "workers": 0}
+_choices = {}  # (kernel, size) -> _Choice
 _pool_lock = _threading.Lock()
 _tickets = _SimpleQueue()  # a worker takes a job from here and helps compute its blocks
 
@@ -161,23 +164,56 @@ def get_threads() -> int:
     return _pool["threads"]
 
 
-def set_threads(n: int | None = None, *, min_elements: int | None = None) -> int:
+def set_threads(n: int | None = None, *, min_elements: int | None = None, measure: bool | None = None) -> int:
     """Set the threads for element-wise work; returns the previous count (to restore it later).
 
     n: a positive int, 1 turns the pool off; None: MINILORA_THREADS if set, else the machine's core count (the
-    default). min_elements: arrays below this size run in one call (default POOL_MIN_ELEMENTS; 0 makes every
-    array use the pool, as the tests do).
+    default). min_elements: arrays below this size run in one call (default POOL_MIN_ELEMENTS). measure: time
+    the pool against one call, per kernel and size, and take the faster (default True); False uses the pool
+    for every array of at least min_elements (the tests do, with min_elements=0).
     """
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"set_threads: n must be a positive int or None, got {n!r}")
     if min_elements is not None and (isinstance(min_elements, bool) or not isinstance(min_elements, int)
                                      or min_elements < 0):
         raise ValueError(f"set_threads: min_elements must be a non-negative int, got {min_elements!r}")
+    if measure is not None and not isinstance(measure, bool):
+        raise ValueError(f"set_threads: measure must be True, False or None, got {measure!r}")
     previous = get_threads()
     _pool["threads"] = _default_threads() if n is None else n
     if min_elements is not None:
         _pool["min_elements"] = min_elements
+    if measure is not None:
+        _pool["measure"] = measure
+    _choices.clear()  # timings taken with other settings no longer apply
     return previous
+
+
+class _Choice:
+    """For one kernel at one size: is the pool faster than one call? Measured, not assumed.
+
+    On a machine whose cores other processes are using, a pool thread, or the thread holding the GIL, can be
+    descheduled for milliseconds, and a pooled call is then several times slower than one call (measured:
+    3-10x at load 8 on 2 cores). So both ways are timed: three calls each first, then the faster way by the
+    median of its last three timings, with the other way tried every 32nd call to notice a change.
+    """
+
+    def __init__(self):
+        self.seconds = {True: [], False: []}
+        self.calls = 0
+
+    def use_pool(self):
+        self.calls += 1
+        pooled, single = self.seconds[True], self.seconds[False]
+        if len(pooled) < 3 or len(single) < 3:
+            return len(pooled) <= len(single)
+        pool_faster = sorted(pooled)[1] <= sorted(single)[1]
+        return pool_faster != (self.calls % 32 == 0)
+
+    def record(self, pooled, seconds):
+        last = self.seconds[pooled]
+        last.append(seconds)
+        del last[:-3]
 
 
 class _Job:
@@ -256,6 +292,24 @@ def rowwise(kernel, *args, out):
     if threads == 1 or n < 2 or largest < _pool["min_elements"] or any(type(a) is not numpy.ndarray for a in arrays):
         kernel(*args, out=out)
         return out
+    if not _pool["measure"]:
+        _in_blocks(kernel, args, out, outs, threads, largest)
+        return out
+    choice = _choices.setdefault((kernel, largest), _Choice())
+    pooled = choice.use_pool()
+    start = _time.perf_counter()
+    if pooled:
+        _in_blocks(kernel, args, out, outs, threads, largest)
+    else:
+        kernel(*args, out=out)
+    choice.record(pooled, _time.perf_counter() - start)
+    return out
+
+
+def _in_blocks(kernel, args, out, outs, threads, largest):
+    """kernel(*args, out=out) as row blocks computed by the caller and up to threads - 1 pool workers."""
+    rows = outs[0]
+    n = rows.shape[0]
     n_blocks = min(n, max(threads, -(-largest // POOL_BLOCK_ELEMENTS)))
     edges = [n * i // n_blocks for i in range(n_blocks + 1)]
     blocks = []
@@ -272,4 +326,3 @@ def rowwise(kernel, *args, out):
     job.done.wait()
     if job.error is not None:
         raise job.error
-    return out

@@ -432,16 +432,17 @@ def test_cross_entropy_weights_must_have_positive_sum():
 
 @pytest.fixture
 def pool():
-    """Run with backend.set_threads(n, min_elements=0) (every array uses the pool); restores the settings."""
+    """Run with backend.set_threads(n, min_elements=0, measure=False): every array uses the pool, whatever
+    timing would choose. Restores the settings."""
     from minilora import backend
 
-    previous = backend.get_threads(), backend._pool["min_elements"]
+    previous = backend.get_threads(), backend._pool["min_elements"], backend._pool["measure"]
 
     def use(n):
-        backend.set_threads(n, min_elements=0)
+        backend.set_threads(n, min_elements=0, measure=False)
 
     yield use
-    backend.set_threads(previous[0], min_elements=previous[1])
+    backend.set_threads(previous[0], min_elements=previous[1], measure=previous[2])
 
 
 def _forward_and_vjps(case, dtype):
@@ -540,6 +541,37 @@ def test_rowwise_skips_the_pool_for_small_and_non_numpy_arrays(pool):
     assert calls == [(8, 3)]
 
 
+def test_rowwise_takes_whichever_way_its_timings_show_faster(pool):
+    import time
+
+    from minilora import backend
+
+    def ways(slow_way, calls=31):
+        """How each of `calls` rowwise calls ran ("pooled" or "whole") when `slow_way` sleeps 5 ms."""
+        seen = []
+
+        def kernel(x, out):
+            way = "whole" if x.shape[0] == 64 else "pooled"
+            if way == slow_way:
+                time.sleep(0.005)
+            out[...] = x
+            seen.append(way)
+
+        x = np.ones((64, 2))
+        for _ in range(calls):
+            seen.append("|")
+            backend.rowwise(kernel, x, out=np.empty_like(x))
+        return [way.split()[0] for way in " ".join(seen).split("|")[1:]]
+
+    backend.set_threads(2, min_elements=0, measure=True)
+    got = ways(slow_way="pooled")
+    assert sorted(got[:6]) == ["pooled"] * 3 + ["whole"] * 3  # three timings of each way first
+    assert set(got[6:]) == {"whole"}  # then one call, the faster way (the pool comes back at call 32)
+    backend.set_threads(2, min_elements=0, measure=True)  # new settings: the timings start again
+    got = ways(slow_way="whole")
+    assert set(got[6:]) == {"pooled"}
+
+
 def test_rowwise_raises_a_kernels_error_in_the_caller(pool):
     from minilora import backend
 
@@ -561,6 +593,8 @@ def test_thread_settings_are_validated(monkeypatch):
             backend.set_threads(bad)
     with pytest.raises(ValueError, match="min_elements"):
         backend.set_threads(2, min_elements=-1)
+    with pytest.raises(ValueError, match="measure"):
+        backend.set_threads(2, measure="yes")
     monkeypatch.setenv("MINILORA_THREADS", "3")
     assert backend._default_threads() == 3
     monkeypatch.setenv("MINILORA_THREADS", "zero")
