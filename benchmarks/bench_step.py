@@ -14,7 +14,8 @@ rotates, so machine noise falls on all of them alike):
   torch full      loss.backward() with every parameter trainable
   numpy / torch matmul of one representative float32 shape, the machine's GEMM speed in the same run
 
-Targets (issue 2): minilora full/LoRA >= 1.25, minilora/torch <= 1.5 for LoRA and for full.
+Targets (issue 12, at the machine's own thread count): minilora/torch <= 1.3 for the LoRA step and <= 1.4 for the
+full step (stretch: 1.15 for both); minilora full/LoRA >= 1.25 (issue 2).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # torch_gpt.py sits beside this file
 
 TARGET_FULL_OVER_LORA = 1.25
-TARGET_MINILORA_OVER_TORCH = 1.5
+TARGET_MINILORA_OVER_TORCH = {"lora": 1.3, "full": 1.4}  # issue 12 (issue 2 had 1.5 for both)
+STRETCH_MINILORA_OVER_TORCH = 1.15
 LOSS_TOL = 1e-4
 GRAD_TOL = 1e-3  # max |g_torch - g_minilora| / max |g_minilora| over the leaves, float32
 
@@ -83,11 +85,12 @@ def set_blas_threads(n: int) -> int | None:
 
 # ---- the model step, minilora -------------------------------------------------------------------------------
 
-def make_problem(args):
-    """Config, base params, adapter (B nonzero so the LoRA path counts in the parity check) and one batch."""
+def make_problem(args, cfg=None):
+    """Config (``cfg``, or args.preset's), base params, adapter (B nonzero so the LoRA path counts in the
+    parity check) and one batch."""
     import minilora
 
-    cfg = minilora.GPTConfig.preset(args.preset)
+    cfg = minilora.GPTConfig.preset(args.preset) if cfg is None else cfg
     if args.T > cfg.context:
         raise SystemExit(f"--T {args.T} exceeds the preset's context {cfg.context}")
     lcfg = minilora.LoraConfig(r=args.r, alpha=args.alpha, targets=tuple(args.targets))
@@ -160,9 +163,11 @@ def _max_rel_err(ref_tree, other_tree):
 
     ref, other = tree.flatten(ref_tree), tree.flatten(other_tree)
     assert ref.keys() == other.keys(), (sorted(ref)[:5], sorted(other)[:5])
-    # Relative to each leaf's largest entry, floored at 1e-6 of the tree's largest gradient: some gradients are
-    # exactly zero in exact arithmetic (wk.b: softmax ignores a shift shared by every key) and hold only rounding.
-    floor = 1e-6 * max(float(np.abs(np.asarray(v)).max()) for v in ref.values())
+    # Relative to each leaf's largest entry, floored at 1e-5 of the tree's largest gradient: some gradients are
+    # exactly zero in exact arithmetic (wk.b: softmax ignores a shift shared by every key) and hold only rounding,
+    # which grows with the width (at d_model 512, 2e-11 to 8e-11 in wk.b, 1e-3 of a 1e-6 floor, before and after
+    # issue 12's changes alike).
+    floor = 1e-5 * max(float(np.abs(np.asarray(v)).max()) for v in ref.values())
     worst = 0.0
     for k in ref:
         a, b = np.asarray(ref[k], np.float64), np.asarray(other[k], np.float64)
@@ -362,7 +367,11 @@ def main(argv=None):
                    help="stop the repetitions early (after at least 5 timed ones) once this many seconds have "
                         "passed, warm-up included (default 75: keeps a run on a busy machine near 2 minutes)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="OpenBLAS threads for numpy and torch.set_num_threads (default: os.cpu_count())")
+                   help="OpenBLAS threads for numpy, minilora's element-wise pool and torch.set_num_threads "
+                        "(default: os.cpu_count())")
+    p.add_argument("--pool-threads", type=int, default=None,
+                   help="minilora's element-wise pool alone (minilora.backend.set_threads; default: --threads, "
+                        "1 turns it off)")
     p.add_argument("--seed", type=int, default=0, help="base seed; every random draw derives from it")
     p.add_argument("--no-tune-malloc", action="store_true", help="skip minilora.backend.tune_malloc()")
     p.add_argument("--no-torch", action="store_true", help="time minilora only")
@@ -383,6 +392,7 @@ def main(argv=None):
 
     tuned = False if args.no_tune_malloc else backend.tune_malloc()
     blas_threads = set_blas_threads(args.threads)
+    backend.set_threads(args.threads if args.pool_threads is None else args.pool_threads)
 
     if args.child:
         return child(args, tuned)
@@ -406,6 +416,8 @@ def main(argv=None):
     print(f"  cpus {os.cpu_count()}; threads requested {args.threads}: OpenBLAS reports "
           f"{blas_threads if blas_threads is not None else 'unknown'}"
           + (f", torch.get_num_threads() {torch.get_num_threads()}" if torch is not None else ""))
+    print(f"  minilora element-wise pool: {backend.get_threads()} thread(s) (minilora.backend.set_threads; "
+          f"arrays of at least {backend._pool['min_elements']} elements)")
     print(f"  tune_malloc: {'on' if tuned else 'off'}"
           + (" (--no-tune-malloc)" if args.no_tune_malloc else "" if tuned else " (not supported here)"))
     print(f"  model: preset {args.preset!r} L={cfg.n_layer} d={cfg.d_model} H={cfg.n_head} d_mlp={cfg.d_mlp} "
@@ -552,12 +564,13 @@ def main(argv=None):
         ratios["torch_full_over_lora"] = r_t
         for mode in ("lora", "full"):
             r = paired_ratio(res[f"minilora {mode}"]["t"], res[f"torch {mode}"]["t"])
-            ok = r[0] <= TARGET_MINILORA_OVER_TORCH
+            ok = r[0] <= TARGET_MINILORA_OVER_TORCH[mode]
             checks.append(ok)
             label = "LoRA" if mode == "lora" else "full"
+            stretch = "stretch " + ("met" if r[0] <= STRETCH_MINILORA_OVER_TORCH else "not met")
             print(f"  minilora/torch {label}  {r[0]:.3f} [{r[1]:.3f}, {r[2]:.3f}]  cpu "
-                  f"{cpu_ratio(f'minilora {mode}', f'torch {mode}'):.3f}   target <= {TARGET_MINILORA_OVER_TORCH}    "
-                  f"{verdict(ok)}")
+                  f"{cpu_ratio(f'minilora {mode}', f'torch {mode}'):.3f}   target <= "
+                  f"{TARGET_MINILORA_OVER_TORCH[mode]}    {verdict(ok)} ({stretch}: <= {STRETCH_MINILORA_OVER_TORCH})")
             ratios[f"minilora_over_torch_{mode}"] = r
         r_mm = paired_ratio(res["numpy matmul"]["t"], res["torch matmul"]["t"])
         print(f"  numpy/torch matmul   {r_mm[0]:.3f} [{r_mm[1]:.3f}, {r_mm[2]:.3f}]  cpu "
@@ -576,7 +589,8 @@ def main(argv=None):
           + (" -- measured on oversubscribed CPUs, see the warning above" if oversubscribed else ""))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "tune_malloc": tuned, "blas_threads": blas_threads, "load": load,
+            json.dump({"args": vars(args), "tune_malloc": tuned, "blas_threads": blas_threads,
+                       "pool_threads": backend.get_threads(), "load": load,
                        "oversubscribed": oversubscribed, "reps_done": n_done, "ms": st, "cpu_ms": st_cpu,
                        "faults_per_step": faults, "flops": fl, "flops_executed": fl_exec,
                        "flops_textbook": fl_textbook, "matmul_gflops": mm_gflops, "ratios": ratios,
@@ -607,6 +621,8 @@ def malloc_compare(args, rounds=2):
             "--malloc-reps", str(args.malloc_reps), "--max-seconds", str(max(5.0, args.max_seconds / 8))]
     if args.no_gc_collect:
         base.append("--no-gc-collect")
+    if args.pool_threads is not None:
+        base += ["--pool-threads", str(args.pool_threads)]
     runs = {True: [], False: []}
     for _ in range(rounds):  # alternate on/off so drift hits both
         for tune in (True, False):

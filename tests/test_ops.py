@@ -425,3 +425,178 @@ def test_cross_entropy_weights_must_have_positive_sum():
     targets = np.zeros((B, T), dtype=np.int64)
     with pytest.raises(ValueError, match="weights"):
         cross_entropy(logits, targets, np.zeros((B, T)))
+
+
+# ---- the element-wise pool (backend.rowwise): bit-identical to one thread ------------------------------------
+
+
+@pytest.fixture
+def pool():
+    """Run with backend.set_threads(n, min_elements=0, measure=False): every array uses the pool, whatever
+    timing would choose. Restores the settings."""
+    from minilora import backend
+
+    previous = backend.get_threads(), backend._pool["min_elements"], backend._pool["measure"]
+
+    def use(n):
+        backend.set_threads(n, min_elements=0, measure=False)
+
+    yield use
+    backend.set_threads(previous[0], min_elements=previous[1], measure=previous[2])
+
+
+def _forward_and_vjps(case, dtype):
+    args = _args(case, seed=3, dtype=dtype)
+    out = case.prim(*args)
+    g = _cotangent(out)
+    return (np.asarray(out),) + tuple(primitive_vjps[case.prim](case.diff, out, args, {})(g))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_pooled_ops_are_bit_identical_to_one_thread(case, dtype, pool):
+    pool(1)
+    want = _forward_and_vjps(case, dtype)
+    for n in (2, 3, 7):  # 3 and 7 cut the rows into unequal blocks; 7 leaves some blocks one row long
+        pool(n)
+        got = _forward_and_vjps(case, dtype)
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert a.dtype == b.dtype and np.array_equal(a, b), f"{n} threads: output {i} differs"
+
+
+def test_pooled_lora_and_full_steps_are_bit_identical(pool):
+    """A whole step, LoRA and full, at sizes where every op's arrays are cut into several blocks."""
+    from minilora import GPTConfig, LoraConfig, forward, init_lora, init_params
+
+    cfg = GPTConfig(n_layer=2, d_model=32, n_head=4, d_mlp=64, vocab_size=37, context=16)
+    lcfg = LoraConfig(r=2, targets=("wq", "wk", "wv", "wo", "mlp_in", "mlp_out"))
+    params = init_params(cfg, seed=0)
+    lora = init_lora(cfg, lcfg, seed=1)
+    for block in lora["blocks"]:
+        for ab in block.values():
+            ab["B"] = np.random.default_rng(2).standard_normal(ab["B"].shape).astype(np.float32)
+    tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, size=(3, 13))
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    lora_step = autograd.value_and_grad(lambda a, p: cross_entropy(forward(p, x, cfg, a, lcfg), y))
+    full_step = autograd.value_and_grad(lambda p: cross_entropy(forward(p, x, cfg), y))
+
+    def run():
+        from minilora.tree import flatten
+
+        (l1, g1), (l2, g2) = lora_step(lora, params), full_step(params)
+        return [l1, l2] + list(flatten(g1).values()) + list(flatten(g2).values())
+
+    pool(1)
+    want = run()
+    pool(3)
+    got = run()
+    for a, b in zip(got, want, strict=True):
+        assert np.asarray(a).dtype == np.float32 and np.array_equal(a, b)
+
+
+def test_rowwise_cuts_rows_and_passes_broadcast_arguments_whole(pool):
+    import threading
+
+    from minilora import backend
+
+    seen = []
+
+    def kernel(x, gamma, scale, out):
+        seen.append((threading.get_ident(), x.shape, gamma.shape))
+        np.multiply(x, gamma, out=out)
+        out *= scale
+
+    x = np.arange(10 * 4, dtype=np.float32).reshape(10, 4)
+    gamma = np.arange(4, dtype=np.float32)
+    pool(3)
+    out = backend.rowwise(kernel, x, gamma, 2.0, out=np.empty_like(x))
+    np.testing.assert_array_equal(out, x * gamma * 2.0)
+    assert sorted(s[1][0] for s in seen) == [3, 3, 4]  # rows cut into 3 blocks
+    assert all(s[2] == (4,) for s in seen)  # gamma (d,) broadcasts: given whole to each block
+
+
+def test_rowwise_skips_the_pool_for_small_and_non_numpy_arrays(pool):
+    from minilora import backend
+
+    calls = []
+
+    def kernel(x, out):
+        calls.append(x.shape)
+        np.negative(x, out=out)
+
+    class StandIn(np.ndarray):  # an array type that is not numpy.ndarray itself (as CuPy's is not)
+        pass
+
+    pool(2)
+    x = np.ones((8, 3)).view(StandIn)
+    backend.rowwise(kernel, x, out=np.empty((8, 3)))
+    assert calls == [(8, 3)]  # one call, whole
+    calls.clear()
+    backend.set_threads(2, min_elements=1000)  # below the size threshold: one call
+    backend.rowwise(kernel, np.ones((8, 3)), out=np.empty((8, 3)))
+    assert calls == [(8, 3)]
+    calls.clear()
+    backend.set_threads(1, min_elements=0)  # pool off
+    backend.rowwise(kernel, np.ones((8, 3)), out=np.empty((8, 3)))
+    assert calls == [(8, 3)]
+
+
+def test_rowwise_takes_whichever_way_its_timings_show_faster(pool):
+    import time
+
+    from minilora import backend
+
+    def ways(slow_way, calls=31):
+        """How each of `calls` rowwise calls ran ("pooled" or "whole") when `slow_way` sleeps 5 ms."""
+        seen = []
+
+        def kernel(x, out):
+            way = "whole" if x.shape[0] == 64 else "pooled"
+            if way == slow_way:
+                time.sleep(0.005)
+            out[...] = x
+            seen.append(way)
+
+        x = np.ones((64, 2))
+        for _ in range(calls):
+            seen.append("|")
+            backend.rowwise(kernel, x, out=np.empty_like(x))
+        return [way.split()[0] for way in " ".join(seen).split("|")[1:]]
+
+    backend.set_threads(2, min_elements=0, measure=True)
+    got = ways(slow_way="pooled")
+    assert sorted(got[:6]) == ["pooled"] * 3 + ["whole"] * 3  # three timings of each way first
+    assert set(got[6:]) == {"whole"}  # then one call, the faster way (the pool comes back at call 32)
+    backend.set_threads(2, min_elements=0, measure=True)  # new settings: the timings start again
+    got = ways(slow_way="whole")
+    assert set(got[6:]) == {"pooled"}
+
+
+def test_rowwise_raises_a_kernels_error_in_the_caller(pool):
+    from minilora import backend
+
+    def kernel(x, out):
+        if x[0, 0] > 0:  # only the second block fails
+            raise FloatingPointError("block failed")
+        out[...] = x
+
+    pool(2)
+    with pytest.raises(FloatingPointError, match="block failed"):
+        backend.rowwise(kernel, np.arange(8.0).reshape(4, 2) - 1.0, out=np.empty((4, 2)))
+
+
+def test_thread_settings_are_validated(monkeypatch):
+    from minilora import backend
+
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="set_threads"):
+            backend.set_threads(bad)
+    with pytest.raises(ValueError, match="min_elements"):
+        backend.set_threads(2, min_elements=-1)
+    with pytest.raises(ValueError, match="measure"):
+        backend.set_threads(2, measure="yes")
+    monkeypatch.setenv("MINILORA_THREADS", "3")
+    assert backend._default_threads() == 3
+    monkeypatch.setenv("MINILORA_THREADS", "zero")
+    with pytest.raises(ValueError, match="MINILORA_THREADS"):
+        backend._default_threads()

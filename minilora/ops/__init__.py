@@ -8,6 +8,11 @@ output of its own primitive (attention_probs), and autograd hands every VJP make
 
 In LoRA training the base weights are never traced, so ``dW`` for a
 frozen matrix is never computed: that skipped work is LoRA's training speed-up.
+
+The element-wise work (GELU, layer norm, the softmaxes of attention and cross-entropy, and their VJPs) is
+written as row kernels: functions of a block of rows that write their result into ``out``. They run through
+``backend.rowwise``, which cuts a large array into row blocks for a small thread pool (the result is
+bit-identical to one thread; ``MINILORA_THREADS=1`` or ``backend.set_threads(1)`` turns the pool off).
 """
 
 from .attention import attend, attention_probs, causal_attention

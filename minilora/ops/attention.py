@@ -11,18 +11,8 @@ import math
 
 from autograd.extend import defvjp_argnums, primitive
 
-from ..backend import array_module
-
-
-def _split_heads(t, n_head):
-    B, T, d = t.shape
-    return t.reshape(B, T, n_head, d // n_head).transpose(0, 2, 1, 3)  # (B, H, T, d_h)
-
-
-def _merge_heads(t):
-    B, H, T, dh = t.shape
-    return t.transpose(0, 2, 1, 3).reshape(B, T, H * dh)  # (B, T, d)
-
+from ..backend import array_module, rowwise
+from ._rows import row_dot, row_sum, stacked_matmul
 
 _MASKS = {}
 
@@ -41,35 +31,71 @@ def causal_mask(T, dtype, xp):
     return _MASKS[key]
 
 
+def _heads(t, n_head, keys_last=False):
+    """(B, T, d) -> (B·H, T, d_h), or (B·H, d_h, T) with keys_last: the heads as one stack of matrices (a
+    copy), so that the pool can cut the stack into blocks whatever B is. A stacked product runs at half
+    speed with a transposed view on its right (NumPy + OpenBLAS), hence keys_last for Kᵀ and Vᵀ."""
+    B, T, d = t.shape
+    dh = d // n_head
+    heads = t.reshape(B, T, n_head, dh).transpose(0, 2, 1, 3)  # (B, H, T, d_h) view
+    if keys_last:
+        return heads.transpose(0, 1, 3, 2).reshape(B * n_head, dh, T)  # (B·H, d_h, T)
+    return heads.reshape(B * n_head, T, dh)  # (B·H, T, d_h)
+
+
+def _merge_heads(t, B):
+    """(B·H, T, d_h) -> (B, T, d): the inverse of _heads (a copy)."""
+    BH, T, dh = t.shape
+    return t.reshape(B, BH // B, T, dh).transpose(0, 2, 1, 3).reshape(B, T, BH // B * dh)  # (B, T, d)
+
+
+def _probs_rows(qh, kh_t, mask, out):
+    """out = softmax(qh khᵀ + M) per matrix of a stack (qh already scaled by 1/√d_h); written in place."""
+    xp = array_module(qh)
+    xp.matmul(qh, kh_t, out=out)  # (n, T, T) scores
+    out += mask
+    out -= out.max(axis=-1, keepdims=True)  # the diagonal is always finite, so every row has a finite max
+    xp.exp(out, out=out)
+    out *= 1.0 / row_sum(out)
+
+
 @primitive
 def attention_probs(q, k, n_head):
     """P = softmax(Q Kᵀ/√d_h + M) per head. q, k (B, T, d) -> P (B, H, T, T)."""
     xp = array_module(q)
-    qh, kh = _split_heads(q, n_head), _split_heads(k, n_head)  # (B, H, T, d_h) each
-    T, dh = qh.shape[-2:]
-    s = (qh * (1.0 / math.sqrt(dh))) @ kh.transpose(0, 1, 3, 2)  # (B, H, T, T) scores
-    s += causal_mask(T, s.dtype, xp)  # (B, H, T, T)
-    s -= s.max(axis=-1, keepdims=True)  # the diagonal is always finite, so every row has a finite max
-    p = xp.exp(s, out=s)
-    p /= p.sum(axis=-1, keepdims=True)
-    return p  # (B, H, T, T)
+    B, T, d = q.shape
+    qh, kh_t = _heads(q, n_head), _heads(k, n_head, keys_last=True)  # (B·H, T, d_h), (B·H, d_h, T)
+    qh *= 1.0 / math.sqrt(d // n_head)  # our own copy
+    p = xp.empty((B * n_head, T, T), dtype=q.dtype)  # (B·H, T, T)
+    rowwise(_probs_rows, qh, kh_t, causal_mask(T, p.dtype, xp), out=p)
+    return p.reshape(B, n_head, T, T)  # (B, H, T, T)
+
+
+def _softmax_grad_rows(p, g, out):
+    """out = P ⊙ (dP - rowsum(dP ⊙ P)): the softmax Jacobian applied row by row; masked entries have P = 0."""
+    array_module(p).subtract(g, row_dot(g, p), out=out)
+    out *= p
 
 
 def _attention_probs_vjp(argnums, p, args, kwargs):
     q, k, n_head = args
     c = 1.0 / math.sqrt(q.shape[-1] // n_head)
+    if any(i not in (0, 1) for i in argnums):
+        raise NotImplementedError("attention_probs is not differentiable in n_head")
 
     def vjp(g):  # g = dL/dP (B, H, T, T)
-        # dS = P ⊙ (dP - rowsum(dP ⊙ P)): the softmax Jacobian applied row by row; masked entries have P = 0
-        gs = p * (g - (g * p).sum(axis=-1, keepdims=True))  # (B, H, T, T)
+        B, H, T, _ = p.shape
+        p3, g3 = p.reshape(B * H, T, T), g.reshape(B * H, T, T)  # (B·H, T, T)
+        gs = rowwise(_softmax_grad_rows, p3, g3, out=array_module(p).empty_like(p3))  # dS (B·H, T, T)
         grads = []
         for i in argnums:
             if i == 0:  # dQ = c · dS K
-                grads.append(_merge_heads((gs @ _split_heads(k, n_head)) * c))  # (B, T, d)
-            elif i == 1:  # dK = c · dSᵀ Q
-                grads.append(_merge_heads((gs.transpose(0, 1, 3, 2) @ _split_heads(q, n_head)) * c))  # (B, T, d)
-            else:
-                raise NotImplementedError("attention_probs is not differentiable in n_head")
+                dh = stacked_matmul(gs, _heads(k, n_head))  # (B·H, T, d_h)
+            else:  # dK = c · dSᵀ Q
+                dh = stacked_matmul(gs.transpose(0, 2, 1), _heads(q, n_head))  # (B·H, T, d_h)
+            grad = _merge_heads(dh, B)  # (B, T, d), a fresh array
+            grad *= c
+            grads.append(grad)
         return tuple(grads)
 
     return vjp
@@ -81,20 +107,22 @@ defvjp_argnums(attention_probs, _attention_probs_vjp)
 @primitive
 def attend(p, v):
     """O = P V per head, heads merged back. p (B, H, T, T), v (B, T, d) -> (B, T, d)."""
-    return _merge_heads(p @ _split_heads(v, p.shape[1]))  # (B, H, T, d_h) -> (B, T, d)
+    B, H, T, _ = p.shape
+    return _merge_heads(stacked_matmul(p.reshape(B * H, T, T), _heads(v, H)), B)  # (B·H, T, d_h) -> (B, T, d)
 
 
 def _attend_vjp(argnums, out, args, kwargs):
     p, v = args
 
     def vjp(g):  # g (B, T, d)
-        gh = _split_heads(g, p.shape[1])  # (B, H, T, d_h)
+        B, H, T, _ = p.shape
+        gh, p3 = _heads(g, H), p.reshape(B * H, T, T)  # (B·H, T, d_h), (B·H, T, T)
         grads = []
         for i in argnums:
             if i == 0:  # dP = dO Vᵀ
-                grads.append(gh @ _split_heads(v, p.shape[1]).transpose(0, 1, 3, 2))  # (B, H, T, T)
+                grads.append(stacked_matmul(gh, _heads(v, H, keys_last=True)).reshape(p.shape))  # (B, H, T, T)
             else:  # dV = Pᵀ dO
-                grads.append(_merge_heads(p.transpose(0, 1, 3, 2) @ gh))  # (B, T, d)
+                grads.append(_merge_heads(stacked_matmul(p3.transpose(0, 2, 1), gh), B))  # (B, T, d)
         return tuple(grads)
 
     return vjp

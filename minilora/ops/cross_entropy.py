@@ -1,14 +1,17 @@
-"""Softmax cross-entropy of next-token logits, averaged over the positions that count."""
+"""Softmax cross-entropy of next-token logits, averaged over the positions that count.
+
+Per position (a row of V logits z, shifted by its maximum m so that exp cannot overflow):
+
+    -log softmax(z)[y] = log Σ_v exp(z_v - m) - (z_y - m)
+
+The forward computes this row by row without forming log-softmax; the VJP forms softmax(z) - onehot(y) row
+by row. Both are row kernels that backend.rowwise can run on several cores.
+"""
 
 from autograd.extend import defvjp_argnums, primitive
 
-from ..backend import array_module
-
-
-def _log_softmax(logits):
-    xp = array_module(logits)
-    z = logits - logits.max(axis=-1, keepdims=True)  # (..., V)
-    return z - xp.log(xp.exp(z).sum(axis=-1, keepdims=True))  # (..., V)
+from ..backend import array_module, rowwise
+from ._rows import row_dot, row_sum
 
 
 def _weights(targets_shape, weights, dtype, xp):
@@ -17,6 +20,26 @@ def _weights(targets_shape, weights, dtype, xp):
     if not total > 0:
         raise ValueError("cross_entropy: 'weights' must have a positive sum (no position counts otherwise)")
     return w / total  # (B, T): each position's share of the mean
+
+
+def _nll_rows(z, y, out):
+    """out = -log softmax(z)[y] per row. z (n, V), y (n,) ints, out (n,)."""
+    xp = array_module(z)
+    zs = z - z.max(axis=-1, keepdims=True)  # (n, V): z - m
+    zy = xp.take_along_axis(zs, y[:, None], axis=-1)[:, 0]  # (n,): z_y - m
+    xp.exp(zs, out=zs)
+    xp.log(row_sum(zs)[:, 0], out=out)
+    out -= zy
+
+
+def _nll_soft_rows(z, p, out):
+    """out = -Σ_v p_v log softmax(z)_v = Σ_v p_v · log Σ_v exp(z_v - m) - Σ_v p_v (z_v - m) per row."""
+    xp = array_module(z)
+    zs = z - z.max(axis=-1, keepdims=True)  # (n, V): z - m
+    pz = row_dot(p, zs)[:, 0]  # (n,)
+    xp.exp(zs, out=zs)
+    xp.multiply(xp.log(row_sum(zs)[:, 0]), row_sum(p)[:, 0], out=out)
+    out -= pz
 
 
 @primitive
@@ -28,13 +51,26 @@ def cross_entropy(logits, targets, weights=None):
     None (every position counts). Returns a scalar of logits' dtype.
     """
     xp = array_module(logits)
-    logp = _log_softmax(logits)  # (B, T, V)
-    w = _weights(logits.shape[:-1], weights, logits.dtype, xp)  # (B, T)
+    V = logits.shape[-1]
+    z = logits.reshape(-1, V)  # (N, V): one row per position
+    w = _weights(logits.shape[:-1], weights, logits.dtype, xp).reshape(-1)  # (N,)
+    nll = xp.empty(z.shape[0], dtype=logits.dtype)  # (N,)
     if targets.ndim == logits.ndim:  # soft targets: -Σ_v p_v log q_v
-        nll = -(targets * logp).sum(axis=-1)  # (B, T)
+        rowwise(_nll_soft_rows, z, targets.reshape(-1, V), out=nll)
     else:
-        nll = -xp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]  # (B, T)
+        rowwise(_nll_rows, z, targets.reshape(-1), out=nll)
     return (w * nll).sum()  # 0-d
+
+
+def _grad_rows(z, coef, p, out):
+    """out = coef · (softmax(z) - p) per row, or coef · softmax(z) when p is None (the one-hot comes after).
+    z (n, V), coef (n, 1), p (n, V) or None."""
+    xp = array_module(z)
+    xp.subtract(z, z.max(axis=-1, keepdims=True), out=out)
+    xp.exp(out, out=out)
+    out *= coef / row_sum(out)  # (n, V) · (n, 1): the softmax, already scaled
+    if p is not None:
+        out -= p * coef
 
 
 def _cross_entropy_vjp(argnums, loss, args, kwargs):
@@ -45,16 +81,16 @@ def _cross_entropy_vjp(argnums, loss, args, kwargs):
     xp = array_module(logits)
 
     def vjp(g):  # g: 0-d
-        w = _weights(logits.shape[:-1], weights, logits.dtype, xp)  # (B, T)
-        grad = xp.exp(_log_softmax(logits))  # (B, T, V): softmax
-        if targets.ndim == logits.ndim:
-            grad -= targets
-        else:
-            V = logits.shape[-1]
-            flat = grad.reshape(-1, V)  # (B·T, V) view
-            flat[xp.arange(flat.shape[0]), targets.reshape(-1)] -= 1.0
-        grad *= (g * w)[..., None]  # (B, T, V)
-        return (grad,)
+        V = logits.shape[-1]
+        z = logits.reshape(-1, V)  # (N, V)
+        coef = (g * _weights(logits.shape[:-1], weights, logits.dtype, xp)).reshape(-1, 1)  # (N, 1): g w̃
+        grad = xp.empty_like(z)  # (N, V)
+        if targets.ndim == logits.ndim:  # dz = g w̃ (softmax(z) - p)
+            rowwise(_grad_rows, z, coef, targets.reshape(-1, V), out=grad)
+        else:  # dz = g w̃ (softmax(z) - onehot(y))
+            rowwise(_grad_rows, z, coef, None, out=grad)
+            grad[xp.arange(z.shape[0]), targets.reshape(-1)] -= coef[:, 0]
+        return (grad.reshape(logits.shape),)  # (B, T, V)
 
     return vjp
 
