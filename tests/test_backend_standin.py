@@ -276,9 +276,9 @@ def test_a_host_round_trip_inside_a_primitive_is_caught(standin, monkeypatch, ho
     """A primitive that leaves the device: by an implicit conversion (CuPy raises), by mixing in a host array
     (CuPy raises), or by an explicit .get() and back (CuPy allows it; the stand-in's no_host_copies catches it)."""
     ln = sys.modules["minilora.ops.layer_norm"]  # the module (minilora.ops.layer_norm is also the function)
-    normalise = ln._normalise
+    rows = ln._layer_norm_rows  # the forward's row kernel
 
-    def leaky(x, eps):
+    def leaky(x, gamma, beta, eps, out):
         xp = backend.array_module(x)
         if how == "implicit":
             x = xp.asarray(np.asarray(x))
@@ -286,9 +286,9 @@ def test_a_host_round_trip_inside_a_primitive_is_caught(standin, monkeypatch, ho
             x = x + np.zeros(x.shape, x.dtype)
         else:
             x = xp.asarray(x.get())
-        return normalise(x, eps)
+        return rows(x, gamma, beta, eps, out)
 
-    monkeypatch.setattr(ln, "_normalise", leaky)
+    monkeypatch.setattr(ln, "_layer_norm_rows", leaky)
     backend.use(standin)
     params, batch = backend.to_device((tiny_params(0), TinyLMTask().batch(0, 2, 0)))
     expected = {"implicit": (TypeError, "Implicit conversion"), "host_array": (fake_gpu.HostArrayError, "NumPy"),
