@@ -1,0 +1,117 @@
+"""The serving lab: the four strategies of forward_mixed agree with per-row forward; the workload generators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_mixed import CFG, PARAMS64, _per_row, _random_adapters
+
+from minilora import forward, forward_mixed
+from minilora.mixed import IMPLS, MergedAdapters, merge_adapters, sort_segments, stack_adapters
+from minilora.serving import (
+    assignments,
+    max_disagreement,
+    popularity_weights,
+    random_adapters,
+    strategies,
+)
+
+
+@pytest.mark.parametrize("popularity", ["uniform", "powerlaw"])
+@pytest.mark.parametrize("seed", range(4))
+def test_four_strategies_equal_each_row_alone_float64(seed, popularity):
+    rng = np.random.default_rng(100 + seed)
+    adapters = _random_adapters(rng, int(rng.integers(2, 7)), np.float64)  # random ranks, targets, layers, scales
+    B = int(rng.integers(len(adapters), 13))
+    which = assignments(B, int(rng.integers(1, len(adapters) + 1)), popularity, alpha=1.5, rng=rng)
+    which[rng.random(B) < 0.2] = -1  # some rows on the base model
+    tokens = rng.integers(0, CFG.vocab_size, (B, int(rng.integers(1, CFG.context + 1))))
+    want = _per_row(PARAMS64, tokens, adapters, which)
+    prepared = {"gather": stack_adapters(adapters, PARAMS64), "merged": merge_adapters(adapters, PARAMS64)}
+    for impl in IMPLS:
+        for given in (adapters, prepared.get(impl, adapters)):
+            got = forward_mixed(PARAMS64, tokens, CFG, given, which, impl=impl)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, err_msg=impl)
+
+
+def test_strategies_agree_on_the_labs_workload():
+    rng = np.random.default_rng(0)
+    params64 = PARAMS64
+    adapters = random_adapters(CFG, 5, ranks=(1, 3, 5), targets=("wq", "wv", "mlp_out"), rng=rng, dtype=np.float64)
+    which = assignments(12, 5, "powerlaw", rng=rng)
+    tokens = rng.integers(0, CFG.vocab_size, (12, CFG.context))
+    fns = strategies(params64, CFG, adapters)
+    assert set(fns) == {"base", *IMPLS}
+    outputs = {name: fn(tokens, which) for name, fn in fns.items()}
+    assert max_disagreement(outputs) < 1e-12
+    np.testing.assert_array_equal(outputs["base"], forward(params64, tokens, CFG))
+    np.testing.assert_allclose(outputs["sgmv"], _per_row(params64, tokens, adapters, which), rtol=0, atol=1e-12)
+    assert np.abs(outputs["loop"] - outputs["base"]).min(axis=(1, 2)).max() > 0  # the adapters change every row
+    assert sorted({lc.r for _, lc in adapters}) == [1, 3, 5]
+    outputs["merged"] = outputs["merged"] + 1e-6
+    assert max_disagreement(outputs) == pytest.approx(1e-6, rel=1e-3)  # a disagreement is seen
+
+
+def test_sort_segments():
+    order, segments = sort_segments(np.array([2, -1, 0, 2, 0, 5]))
+    np.testing.assert_array_equal(order, [1, 2, 4, 0, 3, 5])  # stable, the base first
+    assert segments == [(0, 1, 3), (2, 3, 5), (5, 5, 6)]
+    assert sort_segments(np.array([-1, -1]))[1] == []
+
+
+def test_merged_adapters_are_tied_to_their_impl_and_base():
+    adapters = _random_adapters(np.random.default_rng(3), 2, np.float64)
+    merged = merge_adapters(adapters, PARAMS64)
+    assert isinstance(merged, MergedAdapters) and merged.n_adapters == 2
+    tokens = np.zeros((2, 3), dtype=np.int64)
+    with pytest.raises(TypeError, match="impl='merged' only"):
+        forward_mixed(PARAMS64, tokens, CFG, merged, [0, 1], impl="sgmv")
+    with pytest.raises(ValueError, match=r"which\[1\] = 2"):
+        forward_mixed(PARAMS64, tokens, CFG, merged, [0, 2], impl="merged")
+
+
+@pytest.mark.parametrize("popularity", ["uniform", "powerlaw"])
+def test_assignments_are_seeded_and_have_exactly_k_distinct(popularity):
+    for K in (1, 3, 16, 64):
+        which = assignments(64, K, popularity, rng=np.random.default_rng(7))
+        assert which.dtype == np.int64 and which.shape == (64,)
+        assert sorted(set(which.tolist())) == list(range(K))
+        np.testing.assert_array_equal(which, assignments(64, K, popularity, rng=np.random.default_rng(7)))
+    assert not np.array_equal(assignments(64, 8, popularity, rng=np.random.default_rng(1)),
+                              assignments(64, 8, popularity, rng=np.random.default_rng(2)))
+
+
+def test_powerlaw_is_skewed_and_uniform_is_not():
+    np.testing.assert_allclose(popularity_weights(4), [0.25] * 4)
+    p = popularity_weights(4, "powerlaw", alpha=1.0)
+    np.testing.assert_allclose(p, np.array([1, 1 / 2, 1 / 3, 1 / 4]) / (25 / 12))
+    counts = {pop: np.bincount(assignments(20000, 16, pop, alpha=1.2, rng=np.random.default_rng(0)), minlength=16)
+              for pop in ("uniform", "powerlaw")}
+    assert counts["powerlaw"][0] > 5 * counts["powerlaw"][15]  # p_0 / p_15 = 16^1.2 ≈ 28
+    assert counts["uniform"].max() < 1.2 * counts["uniform"].min()
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda: assignments(4, 5, rng=np.random.default_rng(0)), ValueError, "at least as many rows"),
+    (lambda: assignments(0, 1, rng=np.random.default_rng(0)), ValueError, "n_rows must be an int >= 1"),
+    (lambda: assignments(4, 0, rng=np.random.default_rng(0)), ValueError, "n_adapters must be an int >= 1"),
+    (lambda: assignments(4, 2, "zipf", rng=np.random.default_rng(0)), ValueError, "popularity must be one of"),
+    (lambda: assignments(4, 2, "powerlaw", alpha=0, rng=np.random.default_rng(0)), ValueError, "alpha must be"),
+    (lambda: assignments(4, 2, rng=0), TypeError, "rng must be a numpy Generator"),
+    (lambda: assignments(4.0, 2, rng=np.random.default_rng(0)), ValueError, "n_rows must be an int"),
+    (lambda: random_adapters(CFG, 2, ranks=(), rng=np.random.default_rng(0)), ValueError, "ranks must be"),
+    (lambda: random_adapters(CFG, 2, ranks=(0,), rng=np.random.default_rng(0)), ValueError, r"ranks\[\]"),
+    (lambda: random_adapters(CFG, 2, rng=None), TypeError, "rng must be a numpy Generator"),
+])
+def test_bad_generator_inputs(call, err, match):
+    with pytest.raises(err, match=match):
+        call()
+
+
+def test_random_adapters_are_seeded_with_mixed_ranks():
+    a = random_adapters(CFG, 5, rng=np.random.default_rng(4))
+    b = random_adapters(CFG, 5, rng=np.random.default_rng(4))
+    assert [lc.r for _, lc in a] == [2, 4, 8, 16, 2]
+    for (la, _), (lb, _) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(la["blocks"][0]["wq"]["B"], lb["blocks"][0]["wq"]["B"])
+        assert np.abs(la["blocks"][0]["wq"]["B"]).max() > 0
