@@ -43,6 +43,16 @@ IMPLS = ("loop", "gather", "sgmv", "merged")
 
 
 @dataclass(frozen=True)
+class CheckedAdapters:
+    """Adapters checked once against a base, for impl="loop" or "sgmv" (build with ``prepare_adapters``):
+    forward_mixed then skips re-checking every adapter of a large pool on every batch."""
+
+    pairs: tuple  # ((lora, lora_config), ...)
+    n_adapters: int
+    shapes: dict  # {(block, matrix): (d_out, d_in)} of the base the adapters were checked against
+
+
+@dataclass(frozen=True)
 class StackedAdapters:
     """Adapters stacked for the gather implementation (build once with ``stack_adapters``, reuse per batch).
 
@@ -202,10 +212,10 @@ def sgmv_hooks(adapters: list, segments: list) -> Hooks:
     return Hooks(project=project)
 
 
-def _run_sgmv(params, tokens, config, adapters, which):
+def _run_sgmv(params, tokens, config, checked: CheckedAdapters, which):
     order, segments = sort_segments(which)
     xp = array_module(plain(params)["wte"])
-    logits = transformer(params, tokens[xp.asarray(order)], config, sgmv_hooks(adapters, segments))  # sorted rows
+    logits = transformer(params, tokens[xp.asarray(order)], config, sgmv_hooks(checked.pairs, segments))  # sorted rows
     return logits[xp.asarray(np.argsort(order))]  # (B, T, V) back in the caller's row order
 
 
@@ -221,46 +231,53 @@ def _run_merged(params, tokens, config, merged: MergedAdapters, which):
     return out
 
 
-def _run_loop(params, tokens, config, adapters, which):
-    return transformer(params, tokens, config, loop_hooks(adapters, which))
+def _run_loop(params, tokens, config, checked: CheckedAdapters, which):
+    return transformer(params, tokens, config, loop_hooks(checked.pairs, which))
 
 
 def _run_gather(params, tokens, config, stacked, which):
     return transformer(params, tokens, config, gather_hooks(stacked, which))
 
 
+def check_adapters_once(adapters, params) -> CheckedAdapters:
+    """The checked adapters, for impl="loop" or "sgmv" (see CheckedAdapters)."""
+    pairs = tuple(check_adapters(adapters, params))
+    return CheckedAdapters(pairs, len(pairs), _base_shapes(params))
+
+
 _RUN = {"loop": _run_loop, "gather": _run_gather, "sgmv": _run_sgmv, "merged": _run_merged}
-_PREPARED = {"gather": (StackedAdapters, stack_adapters), "merged": (MergedAdapters, merge_adapters)}
+_KIND = {"loop": CheckedAdapters, "sgmv": CheckedAdapters, "gather": StackedAdapters, "merged": MergedAdapters}
+_BUILD = {CheckedAdapters: check_adapters_once, StackedAdapters: stack_adapters, MergedAdapters: merge_adapters}
 
 
-def _prepare(adapters, params, impl: str):
-    """What ``impl`` runs on: a StackedAdapters (gather), a MergedAdapters (merged) or the checked list."""
-    for kind, (cls, _) in _PREPARED.items():
-        if isinstance(adapters, cls):
-            if impl != kind:
-                raise TypeError(f"a {cls.__name__} works with impl={kind!r} only; pass the list of adapters "
-                                f"for {impl!r}")
-            if adapters.shapes != _base_shapes(params):
-                raise ValueError(f"these {cls.__name__} were built for a base with other matrix shapes")
-            return adapters
-    adapters = check_adapters(adapters, params)
-    return _PREPARED[impl][1](adapters, params) if impl in _PREPARED else adapters
+def prepare_adapters(adapters, params, impl: str):
+    """What ``impl`` runs on, built once for many batches: a CheckedAdapters (loop, sgmv), StackedAdapters
+    (gather) or MergedAdapters (merged). One already prepared is checked to fit ``impl`` and the base's shapes."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if not isinstance(adapters, tuple(_BUILD)):
+        return _BUILD[_KIND[impl]](adapters, params)
+    if not isinstance(adapters, _KIND[impl]):
+        fits = " or ".join(repr(k) for k, cls in _KIND.items() if isinstance(adapters, cls))
+        raise TypeError(f"a {type(adapters).__name__} works with impl={fits} only; pass the list of adapters "
+                        f"for {impl!r}")
+    if adapters.shapes != _base_shapes(params):
+        raise ValueError(f"these {type(adapters).__name__} were built for a base with other matrix shapes")
+    return adapters
 
 
 def forward_mixed(params, tokens, config: GPTConfig, adapters, which, *, impl: str = "loop"):
     """Logits (B, T, V) where row b uses adapter ``which[b]`` of ``adapters`` (-1: the base model).
 
-    adapters: a list of (lora, lora_config) pairs; or, prepared once for many batches, a StackedAdapters from
-    ``stack_adapters`` for impl="gather" or a MergedAdapters from ``merge_adapters`` for impl="merged".
+    adapters: a list of (lora, lora_config) pairs; or, prepared once for many batches with
+    ``prepare_adapters(adapters, params, impl)``, the CheckedAdapters (loop, sgmv), StackedAdapters (gather,
+    also from ``stack_adapters``) or MergedAdapters (merged, also from ``merge_adapters``) it returns.
     impl: "loop", "gather", "sgmv" or "merged" (see the module's docstring); all four give the same logits.
     """
     from .validate import check_params, check_tokens
 
     check_params(plain(params), config)
     tokens = check_tokens(tokens, config)
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    prepared = _prepare(adapters, params, impl)
-    n_adapters = len(prepared) if isinstance(prepared, list) else prepared.n_adapters
-    which = check_which(which, tokens.shape[0], n_adapters)
+    prepared = prepare_adapters(adapters, params, impl)
+    which = check_which(which, tokens.shape[0], prepared.n_adapters)
     return _RUN[impl](params, tokens, config, prepared, which)

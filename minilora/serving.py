@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import GPTConfig
 from .lora import LoraConfig, init_lora
-from .mixed import IMPLS, forward_mixed, merge_adapters, stack_adapters
+from .mixed import IMPLS, forward_mixed, prepare_adapters
 from .model import forward
 
 POPULARITIES = ("uniform", "powerlaw")
@@ -77,11 +77,10 @@ def random_adapters(config: GPTConfig, n_adapters: int, ranks=(2, 4, 8, 16), tar
 
 def strategies(params, config: GPTConfig, adapters: list) -> dict:
     """{name: fn(tokens, which) -> logits} for "base" (no adapters) and every impl of forward_mixed, with the
-    stacking (gather) and the merged copies (merged) done once here, as a server would keep them."""
-    prepared = {"gather": stack_adapters(adapters, params), "merged": merge_adapters(adapters, params)}
+    checks, the stacking (gather) and the merged copies (merged) done once here, as a server keeps them."""
     out = {"base": lambda tokens, which: forward(params, tokens, config)}
     for impl in IMPLS:
-        out[impl] = _served(params, config, prepared.get(impl, adapters), impl)
+        out[impl] = _served(params, config, prepare_adapters(adapters, params, impl), impl)
     return out
 
 

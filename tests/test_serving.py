@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from test_mixed import CFG, PARAMS64, _per_row, _random_adapters
 
-from minilora import forward, forward_mixed
-from minilora.mixed import IMPLS, MergedAdapters, merge_adapters, sort_segments, stack_adapters
+from minilora import GPTConfig, forward, forward_mixed, init_params
+from minilora.mixed import IMPLS, CheckedAdapters, MergedAdapters, merge_adapters, prepare_adapters, sort_segments
 from minilora.serving import (
     assignments,
     max_disagreement,
@@ -27,9 +27,8 @@ def test_four_strategies_equal_each_row_alone_float64(seed, popularity):
     which[rng.random(B) < 0.2] = -1  # some rows on the base model
     tokens = rng.integers(0, CFG.vocab_size, (B, int(rng.integers(1, CFG.context + 1))))
     want = _per_row(PARAMS64, tokens, adapters, which)
-    prepared = {"gather": stack_adapters(adapters, PARAMS64), "merged": merge_adapters(adapters, PARAMS64)}
     for impl in IMPLS:
-        for given in (adapters, prepared.get(impl, adapters)):
+        for given in (adapters, prepare_adapters(adapters, PARAMS64, impl)):
             got = forward_mixed(PARAMS64, tokens, CFG, given, which, impl=impl)
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, err_msg=impl)
 
@@ -59,15 +58,24 @@ def test_sort_segments():
     assert sort_segments(np.array([-1, -1]))[1] == []
 
 
-def test_merged_adapters_are_tied_to_their_impl_and_base():
+def test_prepared_adapters_are_tied_to_their_impl_and_base():
     adapters = _random_adapters(np.random.default_rng(3), 2, np.float64)
     merged = merge_adapters(adapters, PARAMS64)
+    checked = prepare_adapters(adapters, PARAMS64, "sgmv")
     assert isinstance(merged, MergedAdapters) and merged.n_adapters == 2
+    assert isinstance(checked, CheckedAdapters) and prepare_adapters(checked, PARAMS64, "loop") is checked
     tokens = np.zeros((2, 3), dtype=np.int64)
     with pytest.raises(TypeError, match="impl='merged' only"):
         forward_mixed(PARAMS64, tokens, CFG, merged, [0, 1], impl="sgmv")
+    with pytest.raises(TypeError, match="impl='loop' or 'sgmv' only"):
+        forward_mixed(PARAMS64, tokens, CFG, checked, [0, 1], impl="gather")
     with pytest.raises(ValueError, match=r"which\[1\] = 2"):
         forward_mixed(PARAMS64, tokens, CFG, merged, [0, 2], impl="merged")
+    other = GPTConfig(vocab_size=31, context=9, d_model=16, n_layer=3, n_head=2, d_mlp=24)
+    with pytest.raises(ValueError, match="CheckedAdapters were built for a base with other matrix shapes"):
+        forward_mixed(init_params(other, 0, dtype=np.float64), tokens, other, checked, [0, 1], impl="loop")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        prepare_adapters(adapters, PARAMS64, "bgmv")
 
 
 @pytest.mark.parametrize("popularity", ["uniform", "powerlaw"])
