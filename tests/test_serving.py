@@ -123,3 +123,27 @@ def test_random_adapters_are_seeded_with_mixed_ranks():
     for (la, _), (lb, _) in zip(a, b, strict=True):
         np.testing.assert_array_equal(la["blocks"][0]["wq"]["B"], lb["blocks"][0]["wq"]["B"])
         assert np.abs(la["blocks"][0]["wq"]["B"]).max() > 0
+
+
+def test_the_lab_script_runs_and_asserts_agreement(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import serving_lab
+
+    args = serving_lab.parse_args(["--quick", "--distinct", "1", "3", "--rows", "4", "--seq", "3", "--reps", "1",
+                                   "--out", str(tmp_path)])
+    args.blas_threads = None  # not set_blas_threads: that would change this test process's BLAS threads
+    monkeypatch.setattr(sys, "argv", ["serving_lab.py"])
+    results = serving_lab.run(args)
+    assert [(c["popularity"], c["distinct"]) for c in results["cells"]] == [
+        ("uniform", 1), ("uniform", 3), ("powerlaw", 1), ("powerlaw", 3)]
+    for cell in results["cells"]:
+        assert cell["max_disagreement"] <= serving_lab.AGREE_TOL["float32"]
+        assert set(cell["strategies"]) == {"base", *IMPLS} and cell["best"] in IMPLS
+        assert cell["strategies"][cell["best"]]["vs_best"][0] == 1.0
+    serving_lab.plot(results, tmp_path / "lab.png")
+    assert (tmp_path / "lab.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        serving_lab.parse_args(["--distinct", "8", "--rows", "4"])
