@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import array_module, to_numpy
+from .backend import array_module, to_device, to_numpy
 from .config import GPTConfig
 from .lora import LoraConfig, merge
 from .model import BLOCK_MATRICES, Hooks, transformer
@@ -214,20 +214,21 @@ def sgmv_hooks(adapters: list, segments: list) -> Hooks:
 
 def _run_sgmv(params, tokens, config, checked: CheckedAdapters, which):
     order, segments = sort_segments(which)
-    xp = array_module(plain(params)["wte"])
-    logits = transformer(params, tokens[xp.asarray(order)], config, sgmv_hooks(checked.pairs, segments))  # sorted rows
-    return logits[xp.asarray(np.argsort(order))]  # (B, T, V) back in the caller's row order
+    tokens = tokens[array_module(tokens).asarray(order)]  # (B, T): rows sorted by adapter
+    logits = transformer(params, tokens, config, sgmv_hooks(checked.pairs, segments))  # (B, T, V), sorted rows
+    return logits[array_module(logits).asarray(np.argsort(order))]  # (B, T, V) in the caller's row order
 
 
 def _run_merged(params, tokens, config, merged: MergedAdapters, which):
-    xp = array_module(plain(params)["wte"])
     out = None
     for k in np.unique(which):
-        rows = xp.asarray(np.flatnonzero(which == k))
-        logits = transformer(params if k < 0 else merged.trees[k], tokens[rows], config)  # (n_k, T, V)
+        rows = np.flatnonzero(which == k)  # (n_k,)
+        logits = transformer(params if k < 0 else merged.trees[k], tokens[array_module(tokens).asarray(rows)],
+                             config)  # (n_k, T, V)
+        xp = array_module(logits)
         if out is None:
             out = xp.empty((tokens.shape[0],) + logits.shape[1:], dtype=logits.dtype)  # (B, T, V)
-        out[rows] = logits
+        out[xp.asarray(rows)] = logits
     return out
 
 
@@ -277,7 +278,7 @@ def forward_mixed(params, tokens, config: GPTConfig, adapters, which, *, impl: s
     from .validate import check_params, check_tokens
 
     check_params(plain(params), config)
-    tokens = check_tokens(tokens, config)
+    tokens = to_device(check_tokens(tokens, config), like=plain(params)["wte"])  # on the weights' device, as forward
     prepared = prepare_adapters(adapters, params, impl)
     which = check_which(which, tokens.shape[0], prepared.n_adapters)
     return _RUN[impl](params, tokens, config, prepared, which)

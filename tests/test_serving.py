@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_backend_standin import standin  # noqa: F401  (the GPU stand-in fixture)
 from test_mixed import CFG, PARAMS64, _per_row, _random_adapters
 
-from minilora import GPTConfig, forward, forward_mixed, init_params
+from minilora import GPTConfig, backend, forward, forward_mixed, init_params
 from minilora.mixed import IMPLS, CheckedAdapters, MergedAdapters, merge_adapters, prepare_adapters, sort_segments
 from minilora.serving import (
     assignments,
@@ -15,6 +16,7 @@ from minilora.serving import (
     random_adapters,
     strategies,
 )
+from minilora.tree import map_leaves
 
 
 @pytest.mark.parametrize("popularity", ["uniform", "powerlaw"])
@@ -147,3 +149,20 @@ def test_the_lab_script_runs_and_asserts_agreement(tmp_path, monkeypatch):
     assert (tmp_path / "lab.png").stat().st_size > 1000
     with pytest.raises(SystemExit):
         serving_lab.parse_args(["--distinct", "8", "--rows", "4"])
+
+
+def test_the_four_strategies_on_the_gpu_stand_in(standin):  # noqa: F811
+    """On the device the four strategies copy nothing to the host and give NumPy's logits bit for bit."""
+    rng = np.random.default_rng(11)
+    adapters = _random_adapters(rng, 4, np.float32)
+    params = map_leaves(lambda a: a.astype(np.float32), PARAMS64)
+    which = assignments(7, 4, "powerlaw", rng=rng)
+    tokens = rng.integers(0, CFG.vocab_size, (7, 5))
+    want = {impl: forward_mixed(params, tokens, CFG, adapters, which, impl=impl) for impl in IMPLS}
+    backend.use(standin)
+    on_params, on_adapters = backend.to_device(params), [(backend.to_device(a), lc) for a, lc in adapters]
+    for impl in IMPLS:
+        with standin.no_host_copies():
+            got = forward_mixed(on_params, tokens, CFG, on_adapters, which, impl=impl)
+        assert type(got) is standin.ndarray
+        np.testing.assert_array_equal(backend.to_host(got), want[impl], err_msg=impl)
