@@ -35,7 +35,7 @@ from minilora.mixed import IMPLS
 from minilora.serving import assignments, max_disagreement, random_adapters, strategies
 from minilora.timing import CpuMonitor, load_warning, paired_ratio, run_interleaved
 
-AGREE_TOL = {"float32": 1e-4, "float64": 1e-10}
+AGREE_TOL = {"float32": 1e-4, "float64": 1e-10}  # times max(1, max |logits|)
 
 
 def parse_args(argv=None):
@@ -96,8 +96,8 @@ def measure_cell(fns, tokens, which, args) -> dict:
     """Assert the four strategies agree on this batch, then time base and the four interleaved."""
     outputs = {name: fn(tokens, which) for name, fn in fns.items()}
     gap = max_disagreement(outputs)
-    tol = AGREE_TOL[str(outputs["base"].dtype)]
-    assert gap <= tol, f"the serving strategies disagree by {gap:.3g} > {tol}"
+    tol = AGREE_TOL[str(outputs["base"].dtype)] * max(1.0, float(np.abs(outputs["loop"]).max()))  # rounding scales
+    assert gap <= tol, f"the serving strategies disagree by {gap:.3g} > {tol:.3g}"
     times = run_interleaved([(name, lambda fn=fn: fn(tokens, which)) for name, fn in fns.items()],
                             reps=args.reps, warmup=1, max_seconds=args.max_seconds, min_reps=3)
     cell = {"max_disagreement": gap, "reps": len(times["base"]["t"]), "clock": args.clock}
