@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import to_device
 from .config import GPTConfig
 from .lora import LoraConfig, init_lora
 from .mixed import IMPLS, forward_mixed, prepare_adapters
@@ -70,7 +71,8 @@ def random_adapters(config: GPTConfig, n_adapters: int, ranks=(2, 4, 8, 16), tar
         lora = init_lora(config, lora_config, int(rng.integers(1 << 31)), dtype=dtype)
         for block in lora["blocks"]:
             for ab in block.values():  # a trained-looking B: the low-rank path must change the logits
-                ab["B"] = (rng.standard_normal(ab["B"].shape) * 0.05).astype(dtype)  # (d_out, r)
+                B = (rng.standard_normal(ab["B"].shape) * 0.05).astype(dtype)  # (d_out, r), drawn on the host
+                ab["B"] = to_device(B, like=ab["A"])
         out.append((lora, lora_config))
     return out
 
@@ -91,4 +93,4 @@ def _served(params, config, adapters, impl):
 def max_disagreement(outputs: dict) -> float:
     """The largest |difference| between any strategy's logits and the first one's (base excluded)."""
     served = [v for k, v in outputs.items() if k != "base"]
-    return max(float(np.abs(v - served[0]).max()) for v in served)
+    return max(float(abs(v - served[0]).max()) for v in served)  # abs(): on the arrays' own device
