@@ -37,17 +37,16 @@ def test_four_strategies_equal_each_row_alone_float64(seed, popularity):
 
 def test_strategies_agree_on_the_labs_workload():
     rng = np.random.default_rng(0)
-    params64 = PARAMS64
     adapters = random_adapters(CFG, 5, ranks=(1, 3, 5), targets=("wq", "wv", "mlp_out"), rng=rng, dtype=np.float64)
     which = assignments(12, 5, "powerlaw", rng=rng)
     tokens = rng.integers(0, CFG.vocab_size, (12, CFG.context))
-    fns = strategies(params64, CFG, adapters)
+    fns = strategies(PARAMS64, CFG, adapters)
     assert set(fns) == {"base", *IMPLS}
     outputs = {name: fn(tokens, which) for name, fn in fns.items()}
     assert max_disagreement(outputs) < 1e-12
-    np.testing.assert_array_equal(outputs["base"], forward(params64, tokens, CFG))
-    np.testing.assert_allclose(outputs["sgmv"], _per_row(params64, tokens, adapters, which), rtol=0, atol=1e-12)
-    assert np.abs(outputs["loop"] - outputs["base"]).min(axis=(1, 2)).max() > 0  # the adapters change every row
+    np.testing.assert_array_equal(outputs["base"], forward(PARAMS64, tokens, CFG))
+    np.testing.assert_allclose(outputs["sgmv"], _per_row(PARAMS64, tokens, adapters, which), rtol=0, atol=1e-12)
+    assert np.abs(outputs["loop"] - outputs["base"]).max(axis=(1, 2)).min() > 1e-3  # the adapters change every row
     assert sorted({lc.r for _, lc in adapters}) == [1, 3, 5]
     outputs["merged"] = outputs["merged"] + 1e-6
     assert max_disagreement(outputs) == pytest.approx(1e-6, rel=1e-3)  # a disagreement is seen
