@@ -12,7 +12,7 @@ from minilora.tree import flatten, map_leaves
 
 CFG = GPTConfig(vocab_size=31, context=9, d_model=16, n_layer=3, n_head=2, d_mlp=20)
 ALL = ("wq", "wk", "wv", "wo", "mlp_in", "mlp_out")
-IMPLS = ("loop", "gather")
+IMPLS = ("loop", "gather", "sgmv", "merged")
 
 
 def _random_adapters(rng, n, dtype):
@@ -123,4 +123,4 @@ def test_bad_inputs_get_clear_messages(adapters, which, err, match):
 
 def test_unknown_impl():
     with pytest.raises(ValueError, match="impl must be one of"):
-        forward_mixed(PARAMS64, np.zeros((1, 2), np.int64), CFG, [], [-1], impl="sgmv")
+        forward_mixed(PARAMS64, np.zeros((1, 2), np.int64), CFG, [], [-1], impl="bgmv")
