@@ -64,7 +64,7 @@ def run_tour(out_dir="tour-output", steps: int | None = None, quick: bool = Fals
              overwrite: bool = False, progress=True, timing_pairs: int | None = None) -> dict:
     """Run the tour; returns the summary (also written as summary.json). steps: fine-tuning steps per method
     (default 300, or 30 with ``quick``); timing_pairs: interleaved LoRA/full step pairs timed in section 4
-    (default 15, or 3 with ``quick``; no more than 5 once a minute has passed, on a busy machine). Existing
+    (default 15, or 3 with ``quick``; on a busy machine it stops after a minute, once 5 pairs are done). Existing
     outputs are refused unless ``overwrite``."""
     import matplotlib
 
