@@ -173,9 +173,7 @@ def read_safetensors(path) -> tuple[dict, dict]:
         raise FileNotFoundError(f"path {str(path)!r} is not a file")
     raw = path.read_bytes()
     header = _header(raw, path)
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{path}: the safetensors '__metadata__' must be an object, got {type(metadata).__name__}")
+    metadata = _metadata(header, path)
     for name, entry in header.items():
         dtype = entry.get("dtype") if isinstance(entry, dict) and name != "__metadata__" else None
         if isinstance(dtype, str) and dtype not in NUMPY_DTYPES:
@@ -209,6 +207,13 @@ def _header(raw: bytes, path: Path) -> dict:
     if not isinstance(header, dict):
         raise ValueError(f"{path} is corrupt: its header is a JSON {type(header).__name__}, not an object")
     return header
+
+
+def _metadata(header: dict, path) -> dict:
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: the safetensors '__metadata__' must be an object, got {type(metadata).__name__}")
+    return metadata
 
 
 def write_safetensors(path, flat: dict, metadata: dict) -> Path:
@@ -257,10 +262,7 @@ def read_info(path, kind: str | None = None) -> dict:
         head = f.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
         raw = head + f.read(min(n, 100 << 20))  # the JSON header only (capped: a hostile length reads no more)
-    metadata = _header(raw, path).get("__metadata__") or {}
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{path}: the safetensors '__metadata__' must be an object, got {type(metadata).__name__}")
-    return _parse_info(metadata, path, kind)
+    return _parse_info(_metadata(_header(raw, path), path), path, kind)
 
 
 _MISSING = object()

@@ -11,6 +11,7 @@ The printed report (report.txt), the plots, the adapter and summary.json are wri
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def run_tour(out_dir="tour-output", steps: int | None = None, quick: bool = Fals
              overwrite: bool = False, progress=True, timing_pairs: int | None = None) -> dict:
     """Run the tour; returns the summary (also written as summary.json). steps: fine-tuning steps per method
     (default 300, or 30 with ``quick``); timing_pairs: interleaved LoRA/full step pairs timed in section 4
-    (default 15, or 3 with ``quick``). Existing outputs are refused unless ``overwrite``."""
+    (default 15, or 3 with ``quick``; on a busy machine it stops after a minute, once 5 pairs are done). Existing
+    outputs are refused unless ``overwrite``."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: the tour never opens a window
@@ -87,8 +89,13 @@ def run_tour(out_dir="tour-output", steps: int | None = None, quick: bool = Fals
     summary.update(_merge_check(rep, params, config, task, lcfg, lora_res, seed))
     _plots(rep, out, params, config, lcfg, lora_res, full_res)
     summary.update(zero_init_identical=identical, steps=steps, seconds=round(time.time() - t_start, 1))
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if load is not None:
+        summary["load_average_at_end"] = list(load)
     atomic_write_json(out / "summary.json", summary)
-    rep.say(f"\ndone in {summary['seconds']:.0f} s; everything is in {out.resolve()}/ (this report: report.txt)")
+    busy = "" if load is None else f" (load average {load[1]:.1f} over the last 5 min, on {os.cpu_count()} CPUs)"
+    rep.say(f"\ndone in {summary['seconds']:.0f} s{busy}; everything is in {out.resolve()}/ (this report: "
+            "report.txt)")
     atomic_write_bytes(out / "report.txt", rep.text().encode("utf-8"))
     return summary
 
@@ -173,9 +180,12 @@ def _finetune(rep: Report, params, config, task, lcfg, lora0, steps, seed, progr
     return zero_shot, lora_res, full_res
 
 
-def paired_step_times(params, config, task, lcfg, lora, full_params, seed, pairs: int) -> dict:
+def paired_step_times(params, config, task, lcfg, lora, full_params, seed, pairs: int,
+                      max_seconds: float = 60.0) -> dict:
     """One LoRA and one full training step (loss, gradients, clipping, AdamW) on the same batch, alternated
-    ``pairs`` times after 2 warm-up pairs (1 when pairs < 5); with the CPU use of other processes meanwhile."""
+    ``pairs`` times after 2 warm-up pairs (1 when pairs < 5), or fewer (at least 5, or ``pairs`` if smaller)
+    once ``max_seconds`` have passed: a busy machine does not stretch the tour; with the CPU use of other
+    processes meanwhile."""
     from .optim import AdamW, clip_by_global_norm
     from .timing import CpuMonitor, paired_ratio, run_interleaved, stats_ms
     from .train import full_value_and_grad, lora_value_and_grad
@@ -191,10 +201,12 @@ def paired_step_times(params, config, task, lcfg, lora, full_params, seed, pairs
     monitor = CpuMonitor().start()
     res = run_interleaved([("lora", lambda: step(lora_value_and_grad, lora, params, lora_state)),
                            ("full", lambda: step(full_value_and_grad, full_params, None, full_state))],
-                          reps=pairs, warmup=2 if pairs >= 5 else 1)
+                          reps=pairs, warmup=2 if pairs >= 5 else 1, max_seconds=max_seconds,
+                          min_reps=min(5, pairs))
     usage = monitor.stop()
     return {"lora_ms": stats_ms(res["lora"]["t"]), "full_ms": stats_ms(res["full"]["t"]),
-            "ratio": paired_ratio(res["full"]["t"], res["lora"]["t"]), "pairs": pairs, "usage": usage}
+            "ratio": paired_ratio(res["full"]["t"], res["lora"]["t"]), "pairs": len(res["lora"]["t"]),
+            "usage": usage}
 
 
 def _compare(rep: Report, out, params, config, task, lcfg, zero_shot, lora_res, full_res, seed, pairs) -> dict:
@@ -210,7 +222,7 @@ def _compare(rep: Report, out, params, config, task, lcfg, zero_shot, lora_res, 
                             base=base_fp)
     lora_final, full_final = lora_res.evals[-1], full_res.evals[-1]
     timing = paired_step_times(params, config, task, lcfg, lora_res.trainable, full_res.trainable, seed, pairs)
-    (ratio, r10, r90), lms, fms = timing["ratio"], timing["lora_ms"], timing["full_ms"]
+    (ratio, r10, r90), lms, fms, pairs = timing["ratio"], timing["lora_ms"], timing["full_ms"], timing["pairs"]
     n_lora, n_full = count_params(lora_res.trainable), count_params(full_res.trainable)
     a_bytes, f_bytes = adapter_path.stat().st_size, full_path.stat().st_size
     rep.table([
