@@ -68,9 +68,10 @@ class Method:
         return Setup(self, config, opts, trainable, frozen)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Setup:
-    """A method built on one base model: its options, its trainable tree (the starting point) and frozen tree."""
+    """A method built on one base model: its options, its trainable tree (the starting point) and frozen tree.
+    (Compared by identity: its trees hold arrays.)"""
 
     method: Method
     config: object
