@@ -303,3 +303,40 @@ def test_split_and_join_are_inverse():
     a, b = split(params, lambda path: path[-1] == "g")
     assert bitwise_equal(join(a, b), params)
     assert all(k.endswith(".g") for k in flatten(a)) and not any(k.endswith(".g") for k in flatten(b))
+
+
+# ---- the GPU path (the strict CuPy stand-in of tests/fake_gpu.py) ------------------------------------------------
+
+@pytest.fixture
+def standin():
+    import fake_gpu
+
+    from minilora import backend
+
+    before = backend._xp
+    backend.register(fake_gpu)
+    backend.use("numpy")
+    yield fake_gpu
+    backend._xp = before
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_trains_on_the_device_as_on_numpy(standin, name):
+    from test_backend_standin import DeviceTinyLMTask  # evaluates with its targets moved to the device
+
+    from minilora import backend
+
+    task = DeviceTinyLMTask(length=TINY3.context - L_P)
+    tc = TrainConfig(steps=3, batch_size=3, lr=3e-2, warmup=1, eval_every=0)
+    options = OPTIONS.get(name, {})
+    ref = train(task, _tiny3_params(), TINY3, tc, method=METHODS[name].build(_tiny3_params(), TINY3, 0, **options),
+                progress=False)
+    backend.use(standin)
+    params = backend.to_device(_tiny3_params())
+    setup = METHODS[name].build(params, TINY3, 0, **options)
+    res = train(task, params, TINY3, tc, method=setup, progress=False)
+    assert [h["loss"] for h in res.history] == [h["loss"] for h in ref.history]
+    flat = flatten(res.trainable)
+    assert all(type(a) is standin.ndarray for a in flat.values())
+    assert bitwise_equal(backend.to_host(res.trainable), ref.trainable)
+    assert res.evals == ref.evals

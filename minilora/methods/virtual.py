@@ -17,7 +17,8 @@ from __future__ import annotations
 import autograd.numpy as anp
 import numpy as np
 
-from ..backend import to_host
+from ..backend import to_device, to_host
+from ..tree import plain
 
 
 def check_lengths(name: str, options) -> tuple[int, int]:
@@ -67,7 +68,7 @@ def place(x, virtual, src):
     """Columns of [x | virtual] picked by src. x (B, n, d), virtual (l, d), src (B, T') -> (B, T', d)."""
     B = x.shape[0]
     both = anp.concatenate([x, anp.broadcast_to(virtual[None], (B,) + virtual.shape)], axis=1)  # (B, n + l, d)
-    return both[np.arange(B)[:, None], src]  # (B, T', d)
+    return both[_on_device_of(x, np.arange(B)[:, None]), _on_device_of(x, src)]  # (B, T', d)
 
 
 def replacing(src, T: int):
@@ -78,7 +79,12 @@ def replacing(src, T: int):
 
 def real_positions(x, out):
     """The real tokens' columns. x (B, T', d), out (B, T) -> (B, T, d)."""
-    return x[np.arange(x.shape[0])[:, None], out]  # (B, T, d)
+    return x[_on_device_of(x, np.arange(x.shape[0])[:, None]), _on_device_of(x, out)]  # (B, T, d)
+
+
+def _on_device_of(x, index: np.ndarray):
+    """A host index array moved to the device of x (which may be traced)."""
+    return to_device(index, like=plain(x))
 
 
 def seeded_tokens(seed, n: int, vocab_size: int) -> np.ndarray:
