@@ -219,6 +219,9 @@ def _what_to_train(method, params, config, lora, lora_config):
             raise TypeError("train(method=<Setup>): the method's options go to build(), not 'lora'/'lora_config'")
         if method.config != config:
             raise ValueError("train(method=<Setup>): the setup was built for another config than 'config'")
+        if method.base is not params:
+            raise ValueError("train(method=<Setup>): 'params' must be the very tree the setup was built on "
+                             "(METHODS[name].build(params, ...)); its frozen part comes from that tree")
         expected = {k: tuple(np.shape(a)) for k, a in flatten(method.trainable).items()}
         return method.trainable, method.frozen, method_value_and_grad, method, expected
     raise ValueError(f"method must be 'lora', 'full' or a minilora.methods Setup "

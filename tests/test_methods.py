@@ -294,6 +294,10 @@ def test_every_method_describes_itself_and_checks_its_options():
     with pytest.raises(TypeError, match="options go to build"):
         train(TinyLMTask(), _tiny3_params(), TINY3, TrainConfig(steps=1), method=setup, lora_config=object(),
               progress=False)
+    with pytest.raises(ValueError, match="'params' must be the very tree the setup was built on"):
+        train(TinyLMTask(), _tiny3_params(), TINY3, TrainConfig(steps=1), method=setup, progress=False)
+    with pytest.raises(ValueError, match="built for another config"):
+        train(TinyLMTask(), setup.base, TINY, TrainConfig(steps=1), method=setup, progress=False)
     with pytest.raises(ValueError, match="method must be 'lora', 'full' or a minilora.methods Setup"):
         train(TinyLMTask(), _tiny3_params(), TINY3, TrainConfig(steps=1), method="bitfit", progress=False)
 
@@ -329,8 +333,8 @@ def test_every_method_trains_on_the_device_as_on_numpy(standin, name):
     task = DeviceTinyLMTask(length=TINY3.context - L_P)
     tc = TrainConfig(steps=3, batch_size=3, lr=3e-2, warmup=1, eval_every=0)
     options = OPTIONS.get(name, {})
-    ref = train(task, _tiny3_params(), TINY3, tc, method=METHODS[name].build(_tiny3_params(), TINY3, 0, **options),
-                progress=False)
+    host = _tiny3_params()
+    ref = train(task, host, TINY3, tc, method=METHODS[name].build(host, TINY3, 0, **options), progress=False)
     backend.use(standin)
     params = backend.to_device(_tiny3_params())
     setup = METHODS[name].build(params, TINY3, 0, **options)

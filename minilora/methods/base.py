@@ -65,7 +65,7 @@ class Method:
     def build(self, params, config, seed: int = 0, **options) -> "Setup":
         opts = self.options(**options)
         trainable, frozen = self.init(params, config, seed, opts)
-        return Setup(self, config, opts, trainable, frozen)
+        return Setup(self, config, opts, trainable, frozen, params)
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,6 +78,8 @@ class Setup:
     options: dict
     trainable: dict
     frozen: dict = field(repr=False)
+    base: dict = field(repr=False, default=None)
+    """The parameter tree it was built on (train() checks that it is given the same one)."""
 
     def model(self, trainable, batch=None, rng=None):
         """(params, Hooks) of the adapted model with ``trainable`` in place of the starting values."""
