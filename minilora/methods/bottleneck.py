@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ..config import whole_number
 from ..ops import gelu, linear
 
 
@@ -34,8 +35,6 @@ def bottleneck_count(d: int, r: int) -> int:
 
 
 def check_rank(name: str, r, config) -> int:
-    from ..config import whole_number
-
     r = whole_number(name, "r", r, at_least=1)
     if r > config.d_model:
         raise ValueError(f"{name}.r={r} exceeds d_model={config.d_model}: the bottleneck would not be one")
@@ -43,6 +42,4 @@ def check_rank(name: str, r, config) -> int:
 
 
 def seeded(seed) -> np.random.Generator:
-    from ..config import whole_number
-
     return np.random.default_rng(whole_number("", "seed", seed))

@@ -18,12 +18,11 @@ import autograd.numpy as anp
 import numpy as np
 
 from ..backend import to_device, to_host
+from ..config import whole_number
 from ..tree import plain
 
 
 def check_lengths(name: str, options) -> tuple[int, int]:
-    from ..config import whole_number
-
     l_p = whole_number(name, "l_p", options["l_p"])
     l_i = whole_number(name, "l_i", options["l_i"])
     if l_p + l_i == 0:
@@ -89,6 +88,4 @@ def _on_device_of(x, index: np.ndarray):
 
 def seeded_tokens(seed, n: int, vocab_size: int) -> np.ndarray:
     """n token ids drawn from ``seed``: the real tokens whose embeddings/activations start the virtual ones."""
-    from ..config import whole_number
-
     return np.random.default_rng(whole_number("", "seed", seed)).integers(0, vocab_size, size=(1, n))  # (1, n)
