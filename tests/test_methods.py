@@ -73,6 +73,16 @@ def test_formula_counts_on_the_base_config():
                    "adapter_h": 17472, "adapter_l": 9760, "lora": 16384, "lora_plus": 16384, "lora_fa": 8192}
 
 
+def test_the_formulas_give_the_papers_gpt3_counts():
+    """Table 4 (GPT-3 175B): PreEmbed 3.2M (l_p = 256, l_i = 8); AdapterH 7.1M (r = 1) and 40.1M (r = 8), which
+    is what L̂_Adpt = 2 L, L̂_LN = 0 gives; LoRA 4.7M (wq, wv, r = 1). paper_count needs only the shapes."""
+    gpt3 = GPTConfig.preset("gpt3-175b")
+    count = {n: (lambda o, m=m: m.paper_count(gpt3, m.options(**o))) for n, m in METHODS.items()}
+    assert count["preembed"]({"l_p": 256, "l_i": 8}) == 3_244_032
+    assert count["adapter_h"]({"r": 1}) == 7_078_080 and count["adapter_h"]({"r": 8}) == 40_109_568
+    assert count["lora"]({"r": 1}) == 4_718_592
+
+
 # ---- training through the one loop ------------------------------------------------------------------------
 
 def run(name, params, config=TINY3, **kw):
