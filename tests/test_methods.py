@@ -293,6 +293,10 @@ def test_every_method_describes_itself_and_checks_its_options():
         assert m.name == name and m.label and m.trains and m.formula and m.file_holds
     with pytest.raises(ValueError, match="unknown option.*'rank'.*its options are \\['r'\\]"):
         METHODS["adapter_l"].build(_tiny3_params(), TINY3, rank=4)
+    with pytest.raises(TypeError, match="config must be a GPTConfig"):
+        METHODS["bitfit"].build(_tiny3_params(), {"d_model": 16})
+    with pytest.raises(ValueError):
+        METHODS["bitfit"].build(_tiny3_params(), TINY)  # 3 blocks given, the config says 2
     with pytest.raises(ValueError, match="unknown method 'prefix'"):
         get_method("prefix")
     with pytest.raises(ValueError, match="at least 2 blocks"):

@@ -63,6 +63,12 @@ class Method:
         return {**self.defaults, **given}
 
     def build(self, params, config, seed: int = 0, **options) -> "Setup":
+        from ..config import GPTConfig
+        from ..validate import check_params
+
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
+        check_params(params, config)  # the base must have this config's shapes
         opts = self.options(**options)
         trainable, frozen = self.init(params, config, seed, opts)
         return Setup(self, config, opts, trainable, frozen, params)
