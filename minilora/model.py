@@ -72,6 +72,21 @@ def frozen_project(i: int, name: str, x, layer: dict):
     return linear(x, layer["W"], layer["b"])
 
 
+def base_embed(tokens, params):
+    """The base model's input: token plus position embeddings. tokens (B, T) -> (B, T, d)."""
+    return embedding(tokens, params["wte"]) + params["wpe"][:tokens.shape[1]]  # (B, T, d)
+
+
+def unchanged(i: int, h):
+    """The identity: the default of every hook that may change an activation (block i's h)."""
+    return h
+
+
+def keep_all(x):
+    """The default ``before_head``: every position goes on to the output layer."""
+    return x
+
+
 @dataclass(frozen=True)
 class Hooks:
     """The points where a fine-tuning method changes the transformer; the defaults are the base model.
@@ -81,9 +96,21 @@ class Hooks:
     Called in a fixed order: for each block, wq, wk, wv, wo, mlp_in, mlp_out (random draws inside a hook,
     such as dropout masks, are therefore reproducible). A method that needs another entry point adds a field
     here with a default that leaves the base model unchanged.
+    embed(tokens, params) -> x (B, T', d): the input of block 0. Prefix tuning inserts its virtual tokens here
+        (T' = T + l_p + l_i); the default is token + position embeddings, T' = T.
+    enter_block(i, x) -> x: the input of block i, (B, T', d). PreLayer replaces its positions' activations.
+    after_attention(i, h) -> h, after_mlp(i, h) -> h: block i's attention / MLP output (B, T', d) before it is
+        added to the residual stream. Adapters (Houlsby; Lin) go here.
+    before_head(x) -> x (B, T, d): the final activations, after ln_f, before the output layer; prefix tuning
+        drops its virtual positions here so the logits line up with the targets again.
     """
 
     project: Callable = frozen_project
+    embed: Callable = base_embed
+    enter_block: Callable = unchanged
+    after_attention: Callable = unchanged
+    after_mlp: Callable = unchanged
+    before_head: Callable = keep_all
 
 
 BASE_HOOKS = Hooks()
@@ -136,13 +163,14 @@ def forward(params, tokens, config: GPTConfig, lora=None, lora_config: LoraConfi
 
 def transformer(params, tokens, config: GPTConfig, hooks: Hooks = BASE_HOOKS):
     """The computation behind ``forward``, inputs already validated. tokens (B, T) -> logits (B, T, V)."""
-    B, T = tokens.shape
-    x = embedding(tokens, params["wte"]) + params["wpe"][:T]  # (B, T, d)
+    x = hooks.embed(tokens, params)  # (B, T', d); T' = T unless a method adds positions
     for i, block in enumerate(params["blocks"]):
-        x = x + attention(layer_norm(x, block["ln1"]["g"], block["ln1"]["b"], config.ln_eps),
-                          i, block, hooks, config)  # (B, T, d)
-        x = x + mlp(layer_norm(x, block["ln2"]["g"], block["ln2"]["b"], config.ln_eps), i, block, hooks)  # (B, T, d)
-    x = layer_norm(x, params["ln_f"]["g"], params["ln_f"]["b"], config.ln_eps)  # (B, T, d)
+        x = hooks.enter_block(i, x)  # (B, T', d)
+        a = attention(layer_norm(x, block["ln1"]["g"], block["ln1"]["b"], config.ln_eps), i, block, hooks, config)
+        x = x + hooks.after_attention(i, a)  # (B, T', d)
+        m = mlp(layer_norm(x, block["ln2"]["g"], block["ln2"]["b"], config.ln_eps), i, block, hooks)
+        x = x + hooks.after_mlp(i, m)  # (B, T', d)
+    x = hooks.before_head(layer_norm(x, params["ln_f"]["g"], params["ln_f"]["b"], config.ln_eps))  # (B, T, d)
     return linear(x, params["wte"])  # (B, T, V): output layer tied to the token embedding
 
 

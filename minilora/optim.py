@@ -37,21 +37,25 @@ class AdamW:
         zeros = lambda a: np.zeros_like(a)  # noqa: E731
         return {"step": 0, "m": map_leaves(zeros, params), "v": map_leaves(zeros, params)}
 
-    def update(self, params, grads, state, lr: float):
-        """One step: returns (new params, new state). Nothing is modified in place."""
+    def update(self, params, grads, state, lr: float, lr_scale=None):
+        """One step: returns (new params, new state). Nothing is modified in place.
+
+        lr_scale: None, or a tree of the params' structure holding one positive float per leaf: that leaf
+        steps with lr × its multiplier (LoRA+ trains B at 16 × the rate of A). m and v are unaffected."""
         step = state["step"] + 1
         b1, b2 = self.betas
         c1, c2 = 1.0 - b1**step, 1.0 - b2**step
 
-        def one(p, g, m, v):
+        def one(p, g, m, v, scale=1.0):
             m = b1 * m + (1.0 - b1) * g
             v = b2 * v + (1.0 - b2) * (g * g)
             update = (m / c1) / (np.sqrt(v / c2) + self.eps)
             if self.weight_decay and p.ndim >= 2:
                 update = update + self.weight_decay * p
-            return (p - lr * update).astype(p.dtype), m, v
+            return (p - (lr * scale) * update).astype(p.dtype), m, v
 
-        triples = map_leaves(one, params, grads, state["m"], state["v"])
+        others = (grads, state["m"], state["v"]) + (() if lr_scale is None else (lr_scale,))
+        triples = map_leaves(one, params, *others)
         return _pick(triples, 0), {"step": step, "m": _pick(triples, 1), "v": _pick(triples, 2)}
 
 

@@ -1,9 +1,11 @@
-"""One training loop for LoRA and full fine-tuning.
+"""One training loop for LoRA, full fine-tuning and every method of minilora.methods.
 
-The difference between the two is only which argument is differentiated:
+The difference between them is only which argument is differentiated:
 
-    LoRA:  value_and_grad(lora_objective)(lora, params, ...)   -> gradients for A and B; params never traced
-    full:  value_and_grad(full_objective)(params, None, ...)   -> gradients for every base parameter
+    LoRA:    value_and_grad(lora_objective)(lora, params, ...)              -> gradients for A and B only
+    full:    value_and_grad(full_objective)(params, None, ...)              -> gradients for every parameter
+    methods: value_and_grad(method_objective)(setup.trainable, setup.frozen, ...)  -> gradients for the
+             method's trainable tree only; its frozen tree (the base, LoRA-FA's A, ...) is never traced
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from autograd import value_and_grad
 
 from .config import GPTConfig, check_fields, real_number, whole_number
 from .lora import LoraConfig
-from .model import forward
+from .model import forward, transformer
 from .ops import cross_entropy
 from .optim import AdamW, clip_by_global_norm, lr_at
 from .progress import Progress
@@ -40,9 +42,16 @@ def full_objective(params, _unused, batch, config, lora_config, rng):
     return cross_entropy(forward(params, batch.x, config), batch.y, batch.w)
 
 
+def method_objective(trainable, frozen, batch, config, setup, rng):
+    """Mean cross-entropy of a method's model (minilora.methods: a Setup), differentiated in ``trainable``."""
+    params, hooks = setup.method.apply(trainable, frozen, config, setup.options, batch, rng)
+    return cross_entropy(transformer(params, batch.x, config, hooks), batch.y, batch.w)  # logits (B, T, V)
+
+
 # Built once, at import: autograd re-traces on every call, but the gradient functions themselves are fixed.
 lora_value_and_grad = value_and_grad(lora_objective)
 full_value_and_grad = value_and_grad(full_objective)
+method_value_and_grad = value_and_grad(method_objective)
 
 
 BLOWUP_REFERENCE_STEPS = 5
@@ -103,7 +112,7 @@ RESUMABLE_CHANGES = ("blowup_factor",)
 @dataclass
 class TrainResult:
     trainable: dict
-    """The trained adapter (LoRA) or the trained parameters (full)."""
+    """The trained adapter (LoRA), the trained parameters (full), or a method's trained tree (a Setup)."""
     opt_state: dict
     history: list = field(default_factory=list)
     """One dict per step: step, loss, lr, grad_norm, seconds."""
@@ -119,7 +128,12 @@ class TrainResult:
 def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method: str = "lora",
           lora=None, lora_config: LoraConfig | None = None, checkpoint=None, resume=None,
           stop_after: int | None = None, progress=True, desc: str | None = None) -> TrainResult:
-    """Fine-tune on ``task``. method="lora" trains ``lora`` (params frozen); method="full" trains params.
+    """Fine-tune on ``task``. method="lora" trains ``lora`` (params frozen); method="full" trains params;
+    method=a minilora.methods Setup (METHODS[name].build(params, config, seed, **options)) trains
+    setup.trainable with setup.frozen passed untraced, and learning-rate multipliers where the method has them
+    (LoRA+). A Setup's run is evaluated on the task when the method can be written as base parameters and a
+    LoRA adapter (Method.task_model); adapters and prefix tuning are not (the tasks' evaluate takes no hooks),
+    so their ``evals`` stay empty.
 
     checkpoint: path of the training state, saved atomically every ``checkpoint_every`` steps and at the end,
     and only when every value of the parameters, m and v is finite (a good state is never replaced by a bad
@@ -132,40 +146,35 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
     its message counts steps from 1, as the history does, and names the last state written.
     """
     from .backend import to_device, tune_malloc
-    from .provenance import fingerprint
 
     tune_malloc()
-    if method not in ("lora", "full"):
-        raise ValueError(f"method must be 'lora' or 'full', got {method!r}")
     if not isinstance(train_config, TrainConfig):
         raise TypeError(f"train_config must be a TrainConfig, got {type(train_config).__name__}")
-    if method == "lora":
-        if lora is None or lora_config is None:
-            raise TypeError("train(method='lora') needs 'lora' (from init_lora) and 'lora_config'")
-        trainable, frozen, grad_fn = lora, params, lora_value_and_grad
-    else:
-        trainable, frozen, grad_fn = params, None, full_value_and_grad
+    trainable, frozen, grad_fn, spec, expected = _what_to_train(method, params, config, lora, lora_config)
+    name = method if isinstance(method, str) else method.method.name
     optimizer = AdamW(lr=train_config.lr, weight_decay=train_config.weight_decay)
     opt_state = optimizer.init(trainable)
     history, evals = [], []
-    meta = {"method": method, "train_config": train_config.to_dict(), "config": config.to_dict(),
-            "lora_config": lora_config.to_dict() if lora_config else None, "task": getattr(task, "name", "?"),
-            # only a run that writes or reads a state needs the fingerprint (reading a device base costs a copy)
-            "base_sha256": fingerprint(params) if checkpoint is not None or resume is not None else None}
-    states = _States(checkpoint, meta)
+    meta = {"method": name, "train_config": train_config.to_dict(), "config": config.to_dict(),
+            "lora_config": lora_config.to_dict() if lora_config else None, "task": getattr(task, "name", "?")}
+    if not isinstance(method, str):
+        meta["options"] = method.json_options()
+    states = _States(checkpoint, meta, expected, params)
     if resume is not None:
         trainable, opt_state, history, evals = states.resume(resume, config, train_config)
 
+    lr_scale = None if isinstance(method, str) else method.lr_scale(trainable)
     start = opt_state["step"]
     end = train_config.steps if stop_after is None else min(train_config.steps, stop_after)
-    dropout_on = method == "lora" and lora_config.dropout > 0
-    bar = Progress(desc or f"{method} fine-tuning", start, end, progress)
+    dropout_on = (lora_config.dropout > 0 if method == "lora"
+                  else not isinstance(method, str) and method.options.get("dropout", 0) > 0)
+    bar = Progress(desc or f"{name} fine-tuning", start, end, progress)
     try:
         for step in range(start, end):
             t0 = time.perf_counter()
             batch = to_device(task.batch(step, train_config.batch_size, train_config.seed), like=params["wte"])
             rng = np.random.default_rng([train_config.seed, step, 1]) if dropout_on else None
-            loss, grads = grad_fn(trainable, frozen, batch, config, lora_config, rng)
+            loss, grads = grad_fn(trainable, frozen, batch, config, spec, rng)
             loss = float(loss)
             grads, norm = clip_by_global_norm(grads, train_config.clip)
             if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -173,12 +182,14 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
                                        f"before updating{states.where()}. Lower the learning rate or check the data.")
             _check_blowup(step, loss, history, train_config.blowup_factor, states.where(step))
             lr = lr_at(step, train_config.lr, train_config.warmup, train_config.steps)
-            trainable, opt_state = optimizer.update(trainable, grads, opt_state, lr)
+            trainable, opt_state = optimizer.update(trainable, grads, opt_state, lr, lr_scale)
             history.append({"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm,
                             "seconds": time.perf_counter() - t0})
             done = step + 1
             if (train_config.eval_every and done % train_config.eval_every == 0) or done == train_config.steps:
-                evals.append({"step": done, **_evaluate(task, params, config, method, trainable, lora_config)})
+                result = _evaluate(task, params, config, method, trainable, lora_config)
+                if result is not None:
+                    evals.append({"step": done, **result})
             bar.step(done, loss, evals[-1] if evals and evals[-1]["step"] == done else None)
             if train_config.checkpoint_every and done % train_config.checkpoint_every == 0:
                 states.save(done, trainable, opt_state, history, evals)
@@ -192,23 +203,55 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
     return TrainResult(trainable, opt_state, history, evals)
 
 
+def _what_to_train(method, params, config, lora, lora_config):
+    """(trainable, frozen, gradient function, what the objective needs, {path: shape} of the trainable tree)."""
+    from .methods import Setup
+    from .validate import expected_lora_shapes, expected_param_shapes
+
+    if method == "lora":
+        if lora is None or lora_config is None:
+            raise TypeError("train(method='lora') needs 'lora' (from init_lora) and 'lora_config'")
+        return lora, params, lora_value_and_grad, lora_config, expected_lora_shapes(config, lora_config)
+    if method == "full":
+        return params, None, full_value_and_grad, None, expected_param_shapes(config)
+    if isinstance(method, Setup):
+        if lora is not None or lora_config is not None:
+            raise TypeError("train(method=<Setup>): the method's options go to build(), not 'lora'/'lora_config'")
+        if method.config != config:
+            raise ValueError("train(method=<Setup>): the setup was built for another config than 'config'")
+        if method.base is not params:
+            raise ValueError("train(method=<Setup>): 'params' must be the very tree the setup was built on "
+                             "(METHODS[name].build(params, ...)); its frozen part comes from that tree")
+        expected = {k: tuple(np.shape(a)) for k, a in flatten(method.trainable).items()}
+        return method.trainable, method.frozen, method_value_and_grad, method, expected
+    raise ValueError(f"method must be 'lora', 'full' or a minilora.methods Setup "
+                     f"(METHODS[name].build(params, config, seed, **options)), got {method!r}")
+
+
 class _States:
     """The training states of one run on disk: resume from one, write one (only when finite), say which."""
 
-    def __init__(self, checkpoint, meta: dict):
-        self.checkpoint, self.meta = checkpoint, meta
+    def __init__(self, checkpoint, meta: dict, expected: dict, params):
+        self.checkpoint, self.meta, self.expected, self.params = checkpoint, meta, expected, params
         self.written = None  # (steps done, path) of the last state on disk, all of it finite
+        self._base_sha256 = None
+
+    def base_sha256(self) -> str:
+        """The fingerprint of the base, computed when a state is first written or read (a device base is copied
+        to the host for it, so a run without checkpoints never copies it)."""
+        from .provenance import fingerprint
+
+        if self._base_sha256 is None:
+            self._base_sha256 = fingerprint(self.params)
+        return self._base_sha256
 
     def resume(self, path, config, train_config):
         """(trainable, opt_state, history, evals) of a state saved by this same run (method, configs, base)."""
         from .checkpoint import load_train_state
-        from .validate import expected_lora_shapes, expected_param_shapes
 
-        lora_config = LoraConfig.from_dict(self.meta["lora_config"]) if self.meta["lora_config"] else None
-        expected = expected_lora_shapes(config, lora_config) if lora_config else expected_param_shapes(config)
-        identity = {k: v for k, v in self.meta.items() if k not in ("train_config", "base_sha256")}
-        trainable, opt_state, saved = load_train_state(path, n_blocks=config.n_layer, expected=expected,
-                                                       same_run=identity, base=self.meta["base_sha256"])
+        identity = {k: v for k, v in self.meta.items() if k != "train_config"}
+        trainable, opt_state, saved = load_train_state(path, n_blocks=config.n_layer, expected=self.expected,
+                                                       same_run=identity, base=self.base_sha256())
         _check_same_train_config(saved.get("train_config"), train_config, path)
         self.written = (opt_state["step"], path)
         return trainable, opt_state, _saved_history(saved, path), saved.get("evals", [])
@@ -230,7 +273,8 @@ class _States:
         if bad:
             raise TrainingDiverged(f"after step {done}: the training state holds {bad}; it was not written"
                                    f"{self.where()}. Lower the learning rate or check the data.")
-        save_train_state(self.checkpoint, trainable, opt_state, {**self.meta, "history": history, "evals": evals})
+        meta = {**self.meta, "base_sha256": self.base_sha256(), "history": history, "evals": evals}
+        save_train_state(self.checkpoint, trainable, opt_state, meta)
         self.written = (done, self.checkpoint)
 
 
@@ -286,6 +330,12 @@ def _saved_history(saved: dict, path) -> list:
 
 
 def _evaluate(task, params, config, method, trainable, lora_config):
+    """The task's metrics for the trained state; None for a method the task cannot run (see train)."""
     if method == "lora":
         return task.evaluate(params, config, trainable, lora_config)
-    return task.evaluate(trainable, config)
+    if method == "full":
+        return task.evaluate(trainable, config)
+    if method.method.task_model is None:
+        return None
+    base, lora, lcfg = method.method.task_model(trainable, method.frozen, method.options)
+    return task.evaluate(base, config, lora, lcfg) if lora is not None else task.evaluate(base, config)

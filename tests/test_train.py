@@ -85,6 +85,23 @@ def test_train_rejects_bad_arguments(tiny_task):
         train(tiny_task, tiny_params(), TINY, tc(), method="lora", progress=False)
 
 
+def test_the_methods_lora_and_ft_train_exactly_as_the_lora_and_full_paths(tiny_task):
+    """train(method=<Setup>) is the same loop: LoRA (with dropout) and FT built as methods give the bit-identical
+    run of method="lora" and method="full"."""
+    from minilora.methods import METHODS
+
+    params = tiny_params()
+    lcfg = LoraConfig(r=4, alpha=8.0, targets=("wq", "wv"), dropout=0.1)
+    old = run_lora(tiny_task, params, tc(steps=6), lcfg)
+    setup = METHODS["lora"].build(params, TINY, seed=0, **lcfg.to_dict())
+    new = train(tiny_task, params, TINY, tc(steps=6), method=setup, progress=False)
+    assert losses(new) == losses(old) and bitwise_equal(new.trainable, old.trainable)
+    assert new.evals == old.evals
+    full = train(tiny_task, params, TINY, tc(steps=4), method="full", progress=False)
+    ft = train(tiny_task, params, TINY, tc(steps=4), method=METHODS["ft"].build(params, TINY), progress=False)
+    assert losses(ft) == losses(full) and bitwise_equal(ft.trainable, full.trainable)
+
+
 # ---- determinism ------------------------------------------------------------------------------------------
 
 def test_same_seed_same_run_different_seed_different_run(tiny_task):
