@@ -440,6 +440,8 @@ PATHS_API = [
     ("save-under-a-file", lambda c: (c.tmp / "f").write_bytes(b"keep"),
      lambda c, _: save_params(c.tmp / "f" / "p.safetensors", small_params(), SMALL), OSError,
      r"could not write .*f/p\.safetensors"),
+    ("json-to-a-directory", lambda c: (c.tmp / "m.json").mkdir(),
+     lambda c, _: ckpt.atomic_write_json(c.tmp / "m.json", {"a": 1}), IsADirectoryError, r"m\.json: it is a directory"),
     ("outputs-collide", None, _check(lambda c: {"--out": c.tmp / "m.json", "the record": c.tmp / "m.json"}),
      ValueError, r"the record and --out are the same file \(.*m\.json\)"),
     ("outputs-collide-through-dotdot", lambda c: (c.tmp / "sub").mkdir(),
@@ -539,6 +541,9 @@ PATHS_CLI = [
     ("eval-params-is-a-directory", lambda c: (["eval", "--base", c.f["base"], "--params", c.tmp], []), 2,
      ["--params", "is a directory"]),
     ("eval-base-missing", lambda c: (["eval", "--base", c.tmp / "nope.safetensors"], []), 2, ["nope.safetensors"]),
+    ("pretrain-out-is-a-directory", lambda c: (["pretrain", "--out", _run(c)], []), 2, ["--out", "is a directory"]),
+    ("finetune-resume-is-a-directory", lambda c: (["finetune", "--base", c.f["base"], "--out", c.tmp / "o",
+                                                   "--resume", _run(c)], []), 2, ["--resume", "is a directory"]),
     ("tour-out-exists", lambda c: (["tour", "--out", _run(c, "summary.json")], []), 2, ["summary.json exists"]),
     ("tour-out-is-a-file", lambda c: (["tour", "--out", c.copy("base", "afile")], []), 2, ["afile", "not a folder"]),
 ]
@@ -736,7 +741,26 @@ PROVENANCE_API = [
      BaseMismatch, r"resume with the base parameters the run started from"),
     ("fingerprint-bad-string", None, lambda c, _: load_adapter(c.f["adapter"], SMALL, base="abc"), ValueError,
      r"base must be a parameter tree or a 64-hex-digit fingerprint"),
+    ("adapter-onto-a-float64-copy", None,
+     lambda c, _: load_adapter(c.f["adapter"], SMALL, base=_cast(small_params(), np.float64)), BaseMismatch,
+     r"adapter .*adapter\.safetensors was made from base parameters"),
+    ("resume-on-a-base-one-bit-off", lambda c: c.copy("state", "s.safetensors"),
+     lambda c, p: train(SmallTask(), _one_bit_off(small_params()), SMALL,
+                        TrainConfig(steps=2, batch_size=2, eval_every=0), method="lora",
+                        lora=init_lora(SMALL, LCFG, 0), lora_config=LCFG, resume=p, checkpoint=p, progress=False),
+     BaseMismatch, r"s\.safetensors was made from base parameters with fingerprint"),
 ]
+
+
+def _cast(tree, dtype):
+    from minilora.tree import map_leaves
+
+    return map_leaves(lambda a: a.astype(dtype), tree)
+
+
+def _one_bit_off(params):
+    params["blocks"][1]["wv"]["W"].view(np.uint32)[0, 0] ^= 1
+    return params
 
 
 def _full_state(c):
@@ -776,6 +800,15 @@ PROVENANCE_CLI = [
      ["already contains this adapter"]),
     ("merge-adapter-of-another-base", lambda c: (["merge", "--base", c.f["other"], "--adapter", c.f["adapter"],
                                                   "--out", c.tmp / "m.safetensors"], []), 2, ["fingerprint"]),
+    ("generate-adapter-of-another-base", lambda c: (["generate", "x", "--base", c.f["other"], "--adapter",
+                                                     c.f["adapter"]], [c.f["adapter"]]), 2, ["fingerprint"]),
+    ("eval-adapter-on-finetuned-params", lambda c: (["eval", "--base", c.f["base"], "--params", c.f["other"],
+                                                     "--adapter", c.f["adapter"]], ["--params"]), 2,
+     ["was made from base parameters"]),
+    ("merge-a-copy-of-a-merged-adapter", lambda c: (["merge", "--base", c.f["merged"], "--adapter",
+                                                     c.copy("adapter", "renamed.safetensors"), "--out",
+                                                     c.tmp / "twice.safetensors"], ["renamed.safetensors"]), 2,
+     ["already contains this adapter"]),
     ("finetune-resume-on-another-base", lambda c: (
         ["finetune", "--base", c.f["other"], "--out", c.tmp / "run", "--r", "2", "--alpha", "4", "--steps", "2",
          "--resume", _cli_state(c), "--no-progress"], []), 2, ["resume", "fingerprint"]),
