@@ -466,6 +466,8 @@ def rowwise(kernel, *args, out):
     if not _pool["measure"]:
         _in_blocks(kernel, args, out, outs, threads, largest)
         return out
+    if len(_choices) > 4096:  # many sizes (e.g. generation, one T per token): start the timings over
+        _choices.clear()
     choice = _choices.setdefault((kernel, largest), _Choice())
     pooled = choice.use_pool()
     start = _time.perf_counter()

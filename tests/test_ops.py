@@ -172,6 +172,14 @@ CASES = [
          lambda rng: (_x(rng, B, T, D_ATT), _x(rng, B, T, D_ATT), N_HEAD), (0, 1), (2,)),
     Case("attend", attend, ref_attend,
          lambda rng: (_causal_probs(rng), _x(rng, B, T, D_ATT)), (0, 1)),
+    # B = 1 and a single head: reshapes there are views of the input, not copies (an in-place scale on one
+    # once wrote into q)
+    Case("attention_probs_batch1", attention_probs, ref_attention_probs,
+         lambda rng: (_x(rng, 1, T, D_ATT), _x(rng, 1, T, D_ATT), N_HEAD), (0, 1), (2,)),
+    Case("attention_probs_one_head", attention_probs, ref_attention_probs,
+         lambda rng: (_x(rng, 1, T, D_ATT), _x(rng, 1, T, D_ATT), 1), (0, 1), (2,)),
+    Case("attend_batch1_one_head", attend, ref_attend,
+         lambda rng: (_causal_probs(rng)[:1, :1], _x(rng, 1, T, D_ATT)), (0, 1)),
     Case("layer_norm", layer_norm, ref_layer_norm,
          lambda rng: (_x(rng, B, T, D_IN) * 3 + 1, 1 + 0.5 * _x(rng, D_IN), _x(rng, D_IN), EPS_LN), (0, 1, 2), (3,)),
     Case("gelu", gelu, ref_gelu, lambda rng: (2 * _x(rng, B, T, D_IN),), (0,)),

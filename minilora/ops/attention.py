@@ -31,20 +31,24 @@ def causal_mask(T, dtype, xp):
     return _MASKS[key]
 
 
-def _heads(t, n_head, keys_last=False):
-    """(B, T, d) -> (B·H, T, d_h), or (B·H, d_h, T) with keys_last: the heads as one stack of matrices (a
-    copy), so that the pool can cut the stack into blocks whatever B is. A stacked product runs at half
-    speed with a transposed view on its right (NumPy + OpenBLAS), hence keys_last for Kᵀ and Vᵀ."""
+def _heads(t, n_head, keys_last=False, scale=1.0):
+    """scale · t as a stack of heads: (B, T, d) -> (B·H, T, d_h), or (B·H, d_h, T) with keys_last. Always a new
+    contiguous array (a reshape alone would be a view of t when B = 1), so that the pool can cut the stack into
+    blocks whatever B is; a stacked product runs at half speed with a transposed view on its right (NumPy +
+    OpenBLAS), hence keys_last for Kᵀ and Vᵀ."""
+    xp = array_module(t)
     B, T, d = t.shape
     dh = d // n_head
     heads = t.reshape(B, T, n_head, dh).transpose(0, 2, 1, 3)  # (B, H, T, d_h) view
     if keys_last:
-        return heads.transpose(0, 1, 3, 2).reshape(B * n_head, dh, T)  # (B·H, d_h, T)
-    return heads.reshape(B * n_head, T, dh)  # (B·H, T, d_h)
+        heads = heads.transpose(0, 1, 3, 2)  # (B, H, d_h, T) view
+    out = xp.empty(heads.shape, dtype=t.dtype)
+    xp.multiply(heads, scale, out=out)  # the copy (and the scale) in one pass
+    return out.reshape(B * n_head, *heads.shape[2:])  # (B·H, T, d_h) or (B·H, d_h, T)
 
 
 def _merge_heads(t, B):
-    """(B·H, T, d_h) -> (B, T, d): the inverse of _heads (a copy)."""
+    """(B·H, T, d_h) -> (B, T, d): the inverse of _heads (a view of t when H = 1)."""
     BH, T, dh = t.shape
     return t.reshape(B, BH // B, T, dh).transpose(0, 2, 1, 3).reshape(B, T, BH // B * dh)  # (B, T, d)
 
@@ -64,8 +68,8 @@ def attention_probs(q, k, n_head):
     """P = softmax(Q Kᵀ/√d_h + M) per head. q, k (B, T, d) -> P (B, H, T, T)."""
     xp = array_module(q)
     B, T, d = q.shape
-    qh, kh_t = _heads(q, n_head), _heads(k, n_head, keys_last=True)  # (B·H, T, d_h), (B·H, d_h, T)
-    qh *= 1.0 / math.sqrt(d // n_head)  # our own copy
+    qh = _heads(q, n_head, scale=1.0 / math.sqrt(d // n_head))  # (B·H, T, d_h), scaled by 1/√d_h
+    kh_t = _heads(k, n_head, keys_last=True)  # (B·H, d_h, T)
     p = xp.empty((B * n_head, T, T), dtype=q.dtype)  # (B·H, T, T)
     rowwise(_probs_rows, qh, kh_t, causal_mask(T, p.dtype, xp), out=p)
     return p.reshape(B, n_head, T, T)  # (B, H, T, T)
@@ -93,8 +97,8 @@ def _attention_probs_vjp(argnums, p, args, kwargs):
                 dh = stacked_matmul(gs, _heads(k, n_head))  # (B·H, T, d_h)
             else:  # dK = c · dSᵀ Q
                 dh = stacked_matmul(gs.transpose(0, 2, 1), _heads(q, n_head))  # (B·H, T, d_h)
-            grad = _merge_heads(dh, B)  # (B, T, d), a fresh array
-            grad *= c
+            grad = _merge_heads(dh, B)  # (B, T, d)
+            grad *= c  # in place on dh's memory (our own) or a copy of it
             grads.append(grad)
         return tuple(grads)
 
