@@ -1,0 +1,299 @@
+"""Fair sweeps: every setting gets its own learning-rate grid, every (setting, lr) runs on several seeds, the
+metric is the class (not the answer's formatting bytes), and the results are saved as JSON.
+
+A sweep is a ``Sweep`` (a task, settings, a grid of learning rates per setting, seeds, a training budget). It
+has two sizes built by the SAME code: ``"full"`` (what the committed results in ``results/`` come from) and
+``"reduced"`` (what the test suite runs, a few seconds to a minute or two per notebook). The mode is read from
+the environment variable MINILORA_MODE (default "reduced"); ``python -m minilora.experiments NAME --mode full``
+regenerates a committed result file.
+
+For each setting the learning rate is chosen by the mean over seeds of the selection metric (class NLL on the
+held-out split; KL for the synthetic task) at the end of training, and the table reports mean ± standard
+deviation over the seeds at that learning rate. Every run records its evaluation curve, so a plateau can be
+checked. A result file holds the sweep's full description; it is reused only if that description is unchanged,
+and it is written after every run, so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+MODES = ("full", "reduced")
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+def mode() -> str:
+    """"full" or "reduced", from MINILORA_MODE (default "reduced")."""
+    value = os.environ.get("MINILORA_MODE", "reduced")
+    if value not in MODES:
+        raise ValueError(f"MINILORA_MODE must be one of {MODES}, got {value!r}")
+    return value
+
+
+# ---- what a sweep is -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of a table: a LoRA configuration (or full fine-tuning) and its learning-rate grid."""
+
+    label: str
+    lrs: tuple[float, ...]
+    targets: tuple[str, ...] = ("wq", "wv")
+    """Adapted matrices; empty for full fine-tuning."""
+    r: int = 8
+    alpha: float = 8.0
+    init: str = "kaiming"
+    use_rslora: bool = False
+    method: str = "lora"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    task: str
+    """A key of TASKS."""
+    settings: tuple[Setting, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Each seed sets both the adapter's initialisation and the batch order."""
+    steps: int = 200
+    batch_size: int = 16
+    warmup: int = 20
+    eval_every: int = 50
+
+    def describe(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))  # tuples become lists, as in the saved file
+
+
+# ---- tasks, built once per process -----------------------------------------------------------------------
+
+CORPUS4 = ("email", "http", "ipaddress", "threading")
+
+
+def _corpus4():
+    from .tasks import CorpusModuleTask
+
+    return CorpusModuleTask(modules=CORPUS4, per_module=150, eval_fraction=0.3)
+
+
+def _docmodule():
+    from .tasks import DocModuleTask
+
+    return DocModuleTask()
+
+
+TASKS = {"corpus4": _corpus4, "docmodule": _docmodule}
+
+
+@lru_cache(maxsize=None)
+def get_task(name: str):
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
+    return ClassMetricTask(TASKS[name]())
+
+
+class ClassMetricTask:
+    """A PromptClassTask seen by train(): batches trimmed of trailing padding (causal attention: nothing changes
+    but the cost) and evaluation by the class metrics of ``evaluate_class``."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = f"{inner.name}-class"
+
+    def batch(self, step, batch_size, seed):
+        b = self.inner.batch(step, batch_size, seed)
+        T = int(b.w.nonzero()[1].max()) + 1
+        return type(b)(b.x[:, :T], b.y[:, :T], b.w[:, :T])
+
+    def evaluate(self, params, config, lora=None, lora_config=None):
+        return self.inner.evaluate_class(params, config, lora, lora_config)
+
+
+# ---- running ---------------------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _base():
+    from .checkpoint import load_base
+
+    return load_base()
+
+
+def run_one(sweep: Sweep, setting: Setting, lr: float, seed: int) -> dict:
+    """Train one (setting, lr, seed) and return its final metrics, evaluation curve and time."""
+    from .lora import LoraConfig, init_lora
+    from .train import TrainConfig, TrainingDiverged, train
+
+    params, config = _base()
+    task = get_task(sweep.task)
+    tc = TrainConfig(steps=sweep.steps, batch_size=sweep.batch_size, lr=lr, warmup=sweep.warmup,
+                     eval_every=sweep.eval_every, seed=seed)
+    t0 = time.perf_counter()
+    try:
+        if setting.method == "full":
+            res = train(task, params, config, tc, method="full", progress=False)
+        else:
+            lc = LoraConfig(r=setting.r, alpha=setting.alpha, targets=setting.targets, init=setting.init,
+                            use_rslora=setting.use_rslora)
+            res = train(task, params, config, tc, method="lora", lora=init_lora(config, lc, seed=seed),
+                        lora_config=lc, progress=False)
+    except TrainingDiverged as e:  # too large a learning rate: a result of the grid, not a crash of the sweep
+        return {"lr": lr, "seed": seed, "diverged": str(e), "final": None, "curve": [],
+                "seconds": time.perf_counter() - t0}
+    loss = [h["loss"] for h in res.history]
+    k = max(1, len(loss) // 10)
+    return {"lr": lr, "seed": seed, "final": res.evals[-1], "curve": res.evals,
+            "train_loss_last10pct": float(np.mean(loss[-k:])), "seconds": time.perf_counter() - t0}
+
+
+def _load(path: Path, sweep: Sweep) -> dict | None:
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return data if data.get("sweep") == sweep.describe() else None
+
+
+def _key(setting: Setting, lr: float, seed: int) -> str:
+    return f"{setting.label}|{lr:g}|{seed}"
+
+
+def run_sweep(sweep: Sweep, path=None, workers: int = 1, log=None) -> dict:
+    """Run (or resume, or load) a sweep; returns its result dict (see summarize). path: the JSON file, written
+    after every run; None keeps everything in memory. workers > 1 runs settings in parallel processes."""
+    from .checkpoint import atomic_write_json
+
+    path = Path(path) if path is not None else None
+    data = (_load(path, sweep) if path is not None else None) or {"sweep": sweep.describe(), "runs": {}}
+    todo = [(s, lr, seed) for s in sweep.settings for lr in s.lrs for seed in sweep.seeds
+            if _key(s, lr, seed) not in data["runs"]]
+    started = time.time()
+
+    def record(s, lr, seed, out):
+        data["runs"][_key(s, lr, seed)] = out
+        data.setdefault("seconds", 0.0)
+        data["seconds"] += out["seconds"]
+        if log is not None:
+            shown = "diverged" if out["final"] is None else ", ".join(
+                f"{k} {v:.4f}" for k, v in out["final"].items() if k not in ("step", "n"))
+            log(f"{s.label:<28} lr {lr:<8g} seed {seed}: {shown} ({out['seconds']:.0f} s)")
+        if path is not None:
+            data["load_average"] = os.getloadavg()
+            data["wall_seconds"] = data.get("wall_seconds", 0.0) + (time.time() - started)
+            atomic_write_json(path, data)
+
+    if workers > 1 and todo:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            futures = {pool.submit(run_one, sweep, s, lr, seed): (s, lr, seed) for s, lr, seed in todo}
+            for fut, (s, lr, seed) in futures.items():
+                record(s, lr, seed, fut.result())
+                started = time.time()
+    else:
+        for s, lr, seed in todo:
+            record(s, lr, seed, run_one(sweep, s, lr, seed))
+            started = time.time()
+    return summarize(sweep, data)
+
+
+def selection_metric(final: dict) -> tuple[str, float]:
+    """(name, value) of the metric the learning rate is chosen by: lower is better."""
+    for name in ("class_nll", "kl", "loss"):
+        if name in final:
+            return name, final[name]
+    raise KeyError("no selection metric in the evaluation")
+
+
+def summarize(sweep: Sweep, data: dict) -> dict:
+    """Adds data["table"]: {label: {"lr": best lr, metric: {"mean", "std", "values"}, "by_lr": {...}}}."""
+    table = {}
+    for s in sweep.settings:
+        by_lr = {}
+        for lr in s.lrs:
+            runs = [data["runs"][_key(s, lr, seed)] for seed in sweep.seeds]
+            finals = [r["final"] for r in runs]
+            if any(f is None for f in finals):  # a diverged seed rules the learning rate out
+                by_lr[f"{lr:g}"] = {"diverged": sum(f is None for f in finals), "selection": float("inf")}
+                continue
+            by_lr[f"{lr:g}"] = {k: _stats([f[k] for f in finals]) for k in finals[0] if k not in ("step", "n")}
+            by_lr[f"{lr:g}"]["selection"] = float(np.mean([selection_metric(f)[1] for f in finals]))
+        best = min(by_lr, key=lambda lr: by_lr[lr]["selection"])
+        table[s.label] = {"lr": float(best), "edge_of_grid": best in (f"{s.lrs[0]:g}", f"{s.lrs[-1]:g}")
+                          and len(s.lrs) > 1, **by_lr[best], "by_lr": by_lr}
+    data["table"] = table
+    return data
+
+
+def _stats(values) -> dict:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "values": [float(x) for x in v]}
+
+
+def curves(data: dict, setting_label: str, metric: str = "accuracy") -> dict:
+    """{seed: (steps, values)} of one setting at its chosen learning rate: to check training reached a plateau."""
+    lr = data["table"][setting_label]["lr"]
+    out = {}
+    for key, run in data["runs"].items():
+        label, lr_s, seed = key.split("|")
+        if label == setting_label and float(lr_s) == lr:
+            out[int(seed)] = ([e["step"] for e in run["curve"]], [e[metric] for e in run["curve"]])
+    return out
+
+
+def reduced(sweep: Sweep, keep: tuple[str, ...], steps: int | None = None, lrs: dict | None = None,
+            seeds: tuple[int, ...] | None = None) -> Sweep:
+    """The reduced mode of a sweep: the same code on a subset of its settings (by label), optionally with fewer
+    steps, other learning-rate grids ({label: lrs}) or fewer seeds."""
+    settings = tuple(replace(s, lrs=tuple((lrs or {}).get(s.label, s.lrs))) for s in sweep.settings
+                     if s.label in keep)
+    missing = set(keep) - {s.label for s in settings}
+    if missing:
+        raise ValueError(f"reduced: unknown setting labels {sorted(missing)}")
+    return replace(sweep, name=f"{sweep.name}-reduced", settings=settings, steps=steps or sweep.steps,
+                   seeds=seeds or sweep.seeds, eval_every=min(sweep.eval_every, steps or sweep.steps))
+
+
+def results_path(name: str) -> Path:
+    return RESULTS_DIR / f"{name}.json"
+
+
+def load_or_run(full: Sweep, small: Sweep, log=print) -> dict:
+    """What a notebook calls: in full mode the committed results/NAME.json (run and saved if missing or out of
+    date); in reduced mode the reduced sweep, run now and kept in memory."""
+    if mode() == "full":
+        return run_sweep(full, results_path(full.name), log=log)
+    return run_sweep(small, None, log=log)
+
+
+
+def main(argv=None) -> int:
+    """python -m minilora.experiments NAME [--mode full|reduced] [--workers N]: run a sweep of minilora.sweeps and
+    save it (full mode: results/NAME.json)."""
+    import argparse
+
+    from .sweeps import FULL, REDUCED
+
+    p = argparse.ArgumentParser(prog="python -m minilora.experiments", description=main.__doc__)
+    p.add_argument("name", choices=sorted(FULL))
+    p.add_argument("--mode", choices=MODES, default="full")
+    p.add_argument("--workers", type=int, default=1)
+    args = p.parse_args(argv)
+    sweep = FULL[args.name] if args.mode == "full" else REDUCED[args.name]
+    t0 = time.time()
+    data = run_sweep(sweep, results_path(sweep.name), workers=args.workers, log=lambda m: print(m, flush=True))
+    print(f"{sweep.name}: {len(data['runs'])} runs, {time.time() - t0:.0f} s wall this call, "
+          f"load average {os.getloadavg()}")
+    for label, row in data["table"].items():
+        print(f"{label:<28} lr {row['lr']:<8g} " + "  ".join(
+            f"{k} {row[k]['mean']:.3f}±{row[k]['std']:.3f}" for k in ("accuracy", "class_nll", "kl") if k in row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
