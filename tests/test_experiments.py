@@ -30,7 +30,7 @@ def tiny_sweep(monkeypatch, shipped_base):
     monkeypatch.setitem(ex.TASKS, "tiny", TinyClassTask)
     ex.get_task.cache_clear()
     yield ex.Sweep("tiny", "tiny", (ex.Setting("r=1", (1e-3, 3e-2), r=1), ex.Setting("r=4", (1e-2,), r=4)),
-                   seeds=(0, 1), steps=3, batch_size=2, warmup=1, eval_every=3)
+                   seeds=(0, 1), steps=3, batch_size=2, warmup=1, eval_every=3, tune_on_first_seed=False)
     ex.get_task.cache_clear()
 
 
@@ -42,7 +42,8 @@ def test_class_metrics_agree_with_evaluate(shipped_base):
     assert 0 < cls["class_nll"] <= cls["first_byte_nll"]  # renormalising over the candidates can only help
     x, _, _, at, true = task.split("eval")
     first = forward(params, x, config)[np.arange(len(x)), at].astype(np.float64)  # (n, V)
-    log_p = first - np.log(np.exp(first - first.max(1, keepdims=True)).sum(1, keepdims=True)) - first.max(1, keepdims=True)
+    top = first.max(1, keepdims=True)
+    log_p = first - top - np.log(np.exp(first - top).sum(1, keepdims=True))
     assert cls["first_byte_nll"] == pytest.approx(-log_p[np.arange(len(x)), task.first_bytes[true]].mean(), rel=1e-5)
 
 
@@ -69,6 +70,11 @@ def test_sweep_selects_per_setting_and_resumes_from_its_file(tiny_sweep, tmp_pat
     assert row["class_nll"]["std"] >= 0 and row["edge_of_grid"]
     assert json.loads(path.read_text())["sweep"] == tiny_sweep.describe()
 
+    tuned = ex.run_sweep(ex.replace(tiny_sweep, tune_on_first_seed=True, seeds=(0, 1, 2)))
+    assert len(tuned["runs"]) == 2 + 2 + 1 + 2  # r=1: 2 lrs on seed 0, then seeds 1, 2; r=4: 1 lr, 3 seeds
+    best = tuned["table"]["r=1"]["lr"]
+    assert all(f"r=1|{best:g}|{s}" in tuned["runs"] for s in (0, 1, 2))
+    assert best == min((1e-3, 3e-2), key=lambda lr: tuned["runs"][f"r=1|{lr:g}|0"]["final"]["class_nll"])
     calls = []
     monkeypatch.setattr(ex, "run_one", lambda *a: calls.append(a))
     again = ex.run_sweep(tiny_sweep, path)  # everything is on disk: nothing runs again
@@ -80,7 +86,7 @@ def test_sweep_selects_per_setting_and_resumes_from_its_file(tiny_sweep, tmp_pat
 
 
 def test_a_diverged_learning_rate_is_ruled_out(tiny_sweep):
-    data = {"sweep": tiny_sweep.describe(), "runs": {}}
+    data = {"sweep": tiny_sweep.describe(), "runs": {}}  # every lr on every seed (tune_on_first_seed=False)
     for s in tiny_sweep.settings:
         for lr in s.lrs:
             for seed in tiny_sweep.seeds:
