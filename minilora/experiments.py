@@ -69,6 +69,8 @@ class Sweep:
     batch_size: int = 16
     warmup: int = 20
     eval_every: int = 50
+    """Evaluate on the held-out split every this many steps and at the end; 0: never (runs that only measure
+    the adapter itself, such as the size of ΔW, skip the held-out pass)."""
 
     def describe(self) -> dict:
         return json.loads(json.dumps(asdict(self)))  # tuples become lists, as in the saved file
@@ -95,18 +97,24 @@ TASKS = {"corpus4": _corpus4, "docmodule": _docmodule}
 
 
 @lru_cache(maxsize=None)
-def get_task(name: str):
+def get_task(name: str, held_out: bool = True):
     if name not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {name!r}")
-    return ClassMetricTask(TASKS[name]())
+    return ClassMetricTask(_inner_task(name), held_out=held_out)
+
+
+@lru_cache(maxsize=None)
+def _inner_task(name: str):
+    return TASKS[name]()
 
 
 class ClassMetricTask:
     """A PromptClassTask seen by train(): batches trimmed of trailing padding (causal attention: nothing changes
-    but the cost) and evaluation by the class metrics of ``evaluate_class``."""
+    but the cost) and evaluation by the class metrics of ``evaluate_class`` (held_out=False: no evaluation, {})."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, held_out: bool = True):
         self.inner = inner
+        self.held_out = held_out
         self.name = f"{inner.name}-class"
 
     def batch(self, step, batch_size, seed):
@@ -115,7 +123,7 @@ class ClassMetricTask:
         return type(b)(b.x[:, :T], b.y[:, :T], b.w[:, :T])
 
     def evaluate(self, params, config, lora=None, lora_config=None):
-        return self.inner.evaluate_class(params, config, lora, lora_config)
+        return self.inner.evaluate_class(params, config, lora, lora_config) if self.held_out else {}
 
 
 # ---- running ---------------------------------------------------------------------------------------------
@@ -133,7 +141,7 @@ def run_one(sweep: Sweep, setting: Setting, lr: float, seed: int) -> dict:
     from .train import TrainConfig, TrainingDiverged, train
 
     params, config = _base()
-    task = get_task(sweep.task)
+    task = get_task(sweep.task, held_out=sweep.eval_every > 0)
     tc = TrainConfig(steps=sweep.steps, batch_size=sweep.batch_size, lr=lr, warmup=sweep.warmup,
                      eval_every=sweep.eval_every, seed=seed)
     t0 = time.perf_counter()
@@ -150,8 +158,24 @@ def run_one(sweep: Sweep, setting: Setting, lr: float, seed: int) -> dict:
                 "seconds": time.perf_counter() - t0}
     loss = [h["loss"] for h in res.history]
     k = max(1, len(loss) // 10)
-    return {"lr": lr, "seed": seed, "final": res.evals[-1], "curve": res.evals,
-            "train_loss_last10pct": float(np.mean(loss[-k:])), "seconds": time.perf_counter() - t0}
+    final = {**res.evals[-1], "train_loss": float(np.mean(loss[-k:]))}  # training loss: mean of the last 10%
+    if setting.method == "lora":
+        final.update(_delta_sizes(params, res.trainable, lc.scale))
+    return {"lr": lr, "seed": seed, "final": final, "curve": res.evals if sweep.eval_every else [],
+            "seconds": time.perf_counter() - t0}
+
+
+def _delta_sizes(params, lora, scale) -> dict:
+    """Mean over the adapted matrices of ‖ΔW‖_F and of ‖ΔW‖_F / ‖W‖_F, ΔW = s·B A."""
+    from .lora import delta_weight
+
+    norms, rel = [], []
+    for block, adapters in zip(params["blocks"], lora["blocks"], strict=True):
+        for t, ab in adapters.items():
+            n = float(np.linalg.norm(delta_weight(ab, scale)))
+            norms.append(n)
+            rel.append(n / float(np.linalg.norm(block[t]["W"])))
+    return {"delta_norm": float(np.mean(norms)), "delta_rel": float(np.mean(rel))}
 
 
 def _load(path: Path, sweep: Sweep) -> dict | None:
@@ -222,7 +246,7 @@ def _best_lr(setting: Setting, finals: list) -> float:
 
 def selection_metric(final: dict) -> tuple[str, float]:
     """(name, value) of the metric the learning rate is chosen by: lower is better."""
-    for name in ("class_nll", "kl", "loss"):
+    for name in ("class_nll", "kl", "loss", "train_loss"):
         if name in final:
             return name, final[name]
     raise KeyError("no selection metric in the evaluation")

@@ -41,3 +41,30 @@ CORPUS4 = Sweep("corpus4", "corpus4", _settings(), seeds=(0, 1, 2), steps=200, b
 
 FULL = {CORPUS4.name: CORPUS4}
 REDUCED = {CORPUS4.name: reduced(CORPUS4, ("wq,wv r=1", "wq,wv r=64"), steps=60)}  # a smoke-sized check
+
+# ---- notebook 08: what α, the scaling rule and the initialisation of A do to the update --------------------
+# Fixed learning rate, no held-out evaluation: these runs measure ΔW = s·B A itself (its size after a few steps)
+# and the training loss, on the corpus task's batches of 8.
+SCALE_RANKS = (1, 4, 16, 64)
+SCALE_LR = 1e-2
+
+
+def _scaling_settings() -> tuple[Setting, ...]:
+    out = []
+    for init in ("kaiming", "gaussian"):
+        for rs in (False, True):
+            for r in SCALE_RANKS:
+                rule = "α/√r" if rs else "α/r"
+                out.append(Setting(f"{init} {rule} r={r}", (SCALE_LR,), r=r, alpha=ALPHA, init=init, use_rslora=rs))
+    return tuple(out)
+
+
+SCALING = Sweep("scaling", "corpus4", _scaling_settings(), seeds=(0, 1, 2), steps=50, batch_size=8, warmup=5,
+                eval_every=0, tune_on_first_seed=False)
+# α at fixed r: equal α·lr, and α doubled at fixed lr (r = 8, kaiming, α/r).
+ALPHA_LR = ((4.0, 4e-3), (8.0, 2e-3), (16.0, 1e-3), (16.0, 2e-3), (32.0, 2e-3))
+ALPHAS = Sweep("alpha", "corpus4", tuple(Setting(f"α={a:g} lr={lr:g}", (lr,), r=8, alpha=a) for a, lr in ALPHA_LR),
+               seeds=(0, 1, 2), steps=120, batch_size=8, warmup=10, eval_every=0, tune_on_first_seed=False)
+
+SCALING_REDUCED = reduced(SCALING, tuple(s.label for s in SCALING.settings if s.r in (1, 16, 64)), steps=10)
+ALPHAS_REDUCED = reduced(ALPHAS, tuple(s.label for s in ALPHAS.settings), steps=30)

@@ -29,9 +29,11 @@ class TinyClassTask(PromptClassTask):
 def tiny_sweep(monkeypatch, shipped_base):
     monkeypatch.setitem(ex.TASKS, "tiny", TinyClassTask)
     ex.get_task.cache_clear()
+    ex._inner_task.cache_clear()
     yield ex.Sweep("tiny", "tiny", (ex.Setting("r=1", (1e-3, 3e-2), r=1), ex.Setting("r=4", (1e-2,), r=4)),
                    seeds=(0, 1), steps=3, batch_size=2, warmup=1, eval_every=3, tune_on_first_seed=False)
     ex.get_task.cache_clear()
+    ex._inner_task.cache_clear()
 
 
 def test_class_metrics_agree_with_evaluate(shipped_base):
