@@ -15,7 +15,7 @@ from .experiments import Setting, Sweep, reduced
 
 RANKS = (1, 2, 4, 8, 64)
 TARGET_SETS = {"wq": ("wq",), "wq,wv": ("wq", "wv"), "wq,wk,wv,wo": ("wq", "wk", "wv", "wo")}
-LORA_LRS = (1e-2, 3e-2, 1e-1)
+LORA_LRS = (3e-3, 1e-2, 3e-2)
 FULL_LRS = (1e-4, 3e-4, 1e-3)
 ALPHA = 8.0  # fixed while r varies, as in the paper (s = α/r); kaiming init keeps A's size independent of r
 
@@ -36,8 +36,8 @@ def _settings() -> tuple[Setting, ...]:
     return tuple(rows.values())
 
 
-CORPUS4 = Sweep("corpus4", "corpus4", _settings(), seeds=(0, 1, 2), steps=200, batch_size=16, warmup=20,
-                eval_every=50)
+CORPUS4 = Sweep("corpus4", "corpus4", _settings(), seeds=(0, 1, 2), steps=250, batch_size=8, warmup=20,
+                eval_every=84)
 
 FULL = {CORPUS4.name: CORPUS4}
 REDUCED = {CORPUS4.name: reduced(CORPUS4, ("wq,wv r=1", "wq,wv r=64"), steps=60)}  # a smoke-sized check
