@@ -257,6 +257,11 @@ def summarize(sweep: Sweep, data: dict) -> dict:
     over the seeds at that lr, "by_lr": {lr: the tuning runs' metrics, or "diverged"}}}."""
     table = {}
     tune_seeds = sweep.seeds[:1] if sweep.tune_on_first_seed else sweep.seeds
+    missing = [_key(s, lr, seed) for s in sweep.settings for lr in s.lrs for seed in tune_seeds
+               if _key(s, lr, seed) not in data["runs"]]
+    if missing:
+        raise ValueError(f"sweep {sweep.name!r} is incomplete: {len(missing)} tuning runs missing "
+                         f"(first: {missing[0]}); run it again to resume")
     for s in sweep.settings:
         by_lr = {}
         for lr in s.lrs:
@@ -267,6 +272,8 @@ def summarize(sweep: Sweep, data: dict) -> dict:
             by_lr[f"{lr:g}"] = {k: _stats([f[k] for f in finals]) for k in finals[0] if k not in ("step", "n")}
             by_lr[f"{lr:g}"]["selection"] = float(np.mean([selection_metric(f)[1] for f in finals]))
         best = min(s.lrs, key=lambda lr: by_lr[f"{lr:g}"]["selection"])
+        if any(_key(s, best, seed) not in data["runs"] for seed in sweep.seeds):
+            raise ValueError(f"sweep {sweep.name!r} is incomplete: {s.label} lacks seeds at lr {best:g}")
         finals = [data["runs"][_key(s, best, seed)]["final"] for seed in sweep.seeds]
         row = {"diverged": sum(f is None for f in finals)} if any(f is None for f in finals) else {
             k: _stats([f[k] for f in finals]) for k in finals[0] if k not in ("step", "n")}
@@ -310,13 +317,17 @@ def results_path(name: str) -> Path:
     return RESULTS_DIR / f"{name}.json"
 
 
-def load_or_run(full: Sweep, small: Sweep, log=print) -> dict:
-    """What a notebook calls: in full mode the committed results/NAME.json (run and saved if missing or out of
-    date); in reduced mode the reduced sweep, run now and kept in memory."""
+def full_results(sweep: Sweep, log=None) -> dict:
+    """The full sweep's results, which notebooks show in both modes: in full mode run (or resumed, or loaded) into
+    results/NAME.json; in reduced mode read from that committed file, which must exist and match the sweep."""
+    path = results_path(sweep.name)
     if mode() == "full":
-        return run_sweep(full, results_path(full.name), log=log)
-    return run_sweep(small, None, log=log)
-
+        return run_sweep(sweep, path, log=log)
+    data = _load(path, sweep)
+    if data is None:
+        raise FileNotFoundError(f"{path} is missing or describes another sweep: regenerate it with "
+                                f"'python -m minilora.experiments {sweep.name} --mode full --workers 2'")
+    return summarize(sweep, data)
 
 
 def main(argv=None) -> int:

@@ -90,10 +90,11 @@ def cross_validated_l2(X, y, n_classes: int, folds: int = 5, grid=L2_GRID, seed:
     return float(grid[int(np.argmax(scores))])
 
 
-def linear_probe(task, params, config, pooled: bool = False) -> dict:
+def linear_probe(task, params, config, pooled: bool = False, keys=None) -> dict:
     """Held-out accuracy of a linear probe on each feature set of the frozen base, for a PromptClassTask.
 
-    Returns {feature set: {"accuracy", "train_accuracy", "l2"}} plus "chance" (1 / number of classes).
+    keys: the feature sets to probe (default: all of ``answer_features``). Returns {feature set: {"accuracy",
+    "train_accuracy", "l2"}} plus "chance" (1 / number of classes).
     """
     n_classes = len(task.labels)
     x_tr, _, _, at_tr, y_tr = task.split("train")
@@ -101,7 +102,10 @@ def linear_probe(task, params, config, pooled: bool = False) -> dict:
     f_tr = answer_features(params, config, x_tr, at_tr, pooled=pooled)
     f_ev = answer_features(params, config, x_ev, at_ev, pooled=pooled)
     out = {"chance": 1.0 / n_classes}
-    for key in f_tr:
+    unknown = set(keys or ()) - set(f_tr)
+    if unknown:
+        raise ValueError(f"keys: unknown feature sets {sorted(unknown)}; choose from {sorted(f_tr)}")
+    for key in keys or f_tr:
         l2 = cross_validated_l2(f_tr[key], y_tr, n_classes)
         model = fit_logistic(f_tr[key], y_tr, n_classes, l2)
         out[key] = {"accuracy": float((predict_logistic(model, f_ev[key]) == y_ev).mean()),

@@ -140,3 +140,18 @@ def test_probe_features_are_the_models_own_activations(shipped_base):
     out = linear_probe(task, params, config)
     assert out["chance"] == 0.5 and set(out) == {"chance", "block 0", "block 1", "block 2", "block 3", "logits"}
     assert all(0 <= v["accuracy"] <= 1 for k, v in out.items() if k != "chance")
+
+
+def test_full_results_are_read_in_reduced_mode_and_checked(tiny_sweep, tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "RESULTS_DIR", tmp_path)
+    monkeypatch.setenv("MINILORA_MODE", "reduced")
+    with pytest.raises(FileNotFoundError, match="python -m minilora.experiments tiny --mode full"):
+        ex.full_results(tiny_sweep)
+    monkeypatch.setenv("MINILORA_MODE", "full")
+    made = ex.full_results(tiny_sweep)  # full mode runs it and writes results/tiny.json
+    monkeypatch.setenv("MINILORA_MODE", "reduced")
+    assert ex.full_results(tiny_sweep)["table"] == made["table"]
+    data = json.loads((tmp_path / "tiny.json").read_text())
+    data["runs"].pop("r=4|0.01|1")
+    with pytest.raises(ValueError, match="incomplete"):
+        ex.summarize(tiny_sweep, data)
