@@ -335,21 +335,25 @@ def main(argv=None) -> int:
     save it (full mode: results/NAME.json)."""
     import argparse
 
-    from .sweeps import FULL, REDUCED
+    from .sweeps import FULL, GROUPS, REDUCED
 
     p = argparse.ArgumentParser(prog="python -m minilora.experiments", description=main.__doc__)
-    p.add_argument("name", choices=sorted(FULL))
+    p.add_argument("name", choices=sorted(FULL) + sorted(GROUPS))
     p.add_argument("--mode", choices=MODES, default="full")
     p.add_argument("--workers", type=int, default=1)
     args = p.parse_args(argv)
-    sweep = FULL[args.name] if args.mode == "full" else REDUCED[args.name]
-    t0 = time.time()
-    data = run_sweep(sweep, results_path(sweep.name), workers=args.workers, log=lambda m: print(m, flush=True))
-    print(f"{sweep.name}: {len(data['runs'])} runs, {time.time() - t0:.0f} s wall this call, "
-          f"load average {os.getloadavg()}")
-    for label, row in data["table"].items():
-        print(f"{label:<28} lr {row['lr']:<8g} " + "  ".join(
-            f"{k} {row[k]['mean']:.3f}±{row[k]['std']:.3f}" for k in ("accuracy", "class_nll", "kl") if k in row))
+    sweeps = GROUPS.get(args.name, (FULL.get(args.name),))
+    if args.mode == "reduced":
+        sweeps = tuple(REDUCED[s.name] for s in sweeps if s.name in REDUCED)
+    for sweep in sweeps:
+        t0 = time.time()
+        data = run_sweep(sweep, results_path(sweep.name), workers=args.workers, log=lambda m: print(m, flush=True))
+        print(f"{sweep.name}: {len(data['runs'])} runs, {time.time() - t0:.0f} s wall this call, "
+              f"load average {os.getloadavg()}", flush=True)
+        for label, row in data["table"].items():
+            print(f"{label:<28} lr {row['lr']:<8g} " + "  ".join(
+                f"{k} {row[k]['mean']:.3f}±{row[k]['std']:.3f}" for k in ("accuracy", "class_nll", "kl") if k in row),
+                flush=True)
     return 0
 
 
