@@ -2,7 +2,7 @@
 metric is the class (not the answer's formatting bytes), and the results are saved as JSON.
 
 A sweep is a ``Sweep`` (a task, settings, a grid of learning rates per setting, seeds, a training budget). It
-has two sizes built by the SAME code: ``"full"`` (what the committed results in ``results/`` come from) and
+has two sizes built by the SAME code: ``"full"`` (what the committed results in ``minilora/results/`` come from) and
 ``"reduced"`` (what the test suite runs, a few seconds to a minute or two per notebook). The mode is read from
 the environment variable MINILORA_MODE (default "reduced"); ``python -m minilora.experiments NAME --mode full``
 regenerates a committed result file.
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 MODES = ("full", "reduced")
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"  # package data: found from a checkout and when installed
 
 
 def mode() -> str:
@@ -319,7 +319,7 @@ def results_path(name: str) -> Path:
 
 def full_results(sweep: Sweep, log=None) -> dict:
     """The full sweep's results, which notebooks show in both modes: in full mode run (or resumed, or loaded) into
-    results/NAME.json; in reduced mode read from that committed file, which must exist and match the sweep."""
+    minilora/results/NAME.json; in reduced mode read from that committed file, which must exist and match the sweep."""
     path = results_path(sweep.name)
     if mode() == "full":
         return run_sweep(sweep, path, log=log)
@@ -332,7 +332,7 @@ def full_results(sweep: Sweep, log=None) -> dict:
 
 def main(argv=None) -> int:
     """python -m minilora.experiments NAME [--mode full|reduced] [--workers N]: run a sweep of minilora.sweeps and
-    save it (full mode: results/NAME.json)."""
+    save it (full mode: minilora/results/NAME.json)."""
     import argparse
 
     from .sweeps import FULL, GROUPS, REDUCED

@@ -1,6 +1,6 @@
 """The sweeps behind the notebooks' tables, each in its full and its reduced size (see ``experiments``).
 
-    python -m minilora.experiments corpus4 --mode full --workers 2   # writes results/corpus4-*.json
+    python -m minilora.experiments corpus4 --mode full --workers 2   # writes minilora/results/corpus4-*.json
 
 One full sweep on the corpus task (in five groups, one result file each) serves two notebooks: 03 reads its
 Table 6 rows (r in {1, 2, 4, 8, 64} x {W_q}, {W_q, W_v}, {all four}, and full fine-tuning), 07 its Table 5 rows
