@@ -320,9 +320,14 @@ def results_path(name: str) -> Path:
 def full_results(sweep: Sweep, log=None) -> dict:
     """The full sweep's results, which notebooks show in both modes: in full mode run (or resumed, or loaded) into
     minilora/results/NAME.json; in reduced mode read from that committed file, which must exist and match the sweep."""
-    path = results_path(sweep.name)
     if mode() == "full":
-        return run_sweep(sweep, path, log=log)
+        return run_sweep(sweep, results_path(sweep.name), log=log)
+    return committed_results(sweep)
+
+
+def committed_results(sweep: Sweep) -> dict:
+    """The results of a full sweep as committed in minilora/results/NAME.json; never runs anything."""
+    path = results_path(sweep.name)
     data = _load(path, sweep)
     if data is None:
         raise FileNotFoundError(f"{path} is missing or describes another sweep: regenerate it with "
@@ -331,18 +336,19 @@ def full_results(sweep: Sweep, log=None) -> dict:
 
 
 def main(argv=None) -> int:
-    """python -m minilora.experiments NAME [--mode full|reduced] [--workers N]: run a sweep of minilora.sweeps and
-    save it (full mode: minilora/results/NAME.json)."""
+    """python -m minilora.experiments NAME... [--mode full|reduced] [--workers N]: run sweeps of minilora.sweeps
+    and save them (full mode: minilora/results/NAME.json)."""
     import argparse
 
     from .sweeps import FULL, GROUPS, REDUCED
 
     p = argparse.ArgumentParser(prog="python -m minilora.experiments", description=main.__doc__)
-    p.add_argument("name", choices=sorted(FULL) + sorted(GROUPS))
+    p.add_argument("names", nargs="+", choices=sorted(FULL) + sorted(GROUPS), metavar="NAME",
+                   help=f"one or more of {sorted(FULL) + sorted(GROUPS)}")
     p.add_argument("--mode", choices=MODES, default="full")
     p.add_argument("--workers", type=int, default=1)
     args = p.parse_args(argv)
-    sweeps = GROUPS.get(args.name, (FULL.get(args.name),))
+    sweeps = tuple(s for name in args.names for s in GROUPS.get(name, (FULL.get(name),)))
     if args.mode == "reduced":
         sweeps = tuple(REDUCED[s.name] for s in sweeps if s.name in REDUCED)
     for sweep in sweeps:
