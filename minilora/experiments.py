@@ -3,15 +3,19 @@ metric is the class (not the answer's formatting bytes), and the results are sav
 
 A sweep is a ``Sweep`` (a task, settings, a grid of learning rates per setting, seeds, a training budget). It
 has two sizes built by the SAME code: ``"full"`` (what the committed results in ``minilora/results/`` come from) and
-``"reduced"`` (what the test suite runs, a few seconds to a minute or two per notebook). The mode is read from
+``"reduced"`` (what the test suite runs: about a minute per notebook). The mode is read from
 the environment variable MINILORA_MODE (default "reduced"); ``python -m minilora.experiments NAME --mode full``
 regenerates a committed result file.
 
-For each setting the learning rate is chosen by the mean over seeds of the selection metric (class NLL on the
-held-out split; KL for the synthetic task) at the end of training, and the table reports mean ± standard
-deviation over the seeds at that learning rate. Every run records its evaluation curve, so a plateau can be
-checked. A result file holds the sweep's full description; it is reused only if that description is unchanged,
-and it is written after every run, so an interrupted sweep resumes where it stopped.
+For each setting the learning rate is chosen by the selection metric at the end of training (class NLL on the
+held-out split, else KL, else the loss): on the first seed (``tune_on_first_seed``, the default; the other seeds
+then run at the chosen lr) or by the mean over all seeds. The table reports mean ± standard deviation over the
+seeds at the chosen learning rate. As in the paper's GLUE experiments, the lr is chosen on the split that is
+reported (the task has no third split); every setting gets the same grid, so the selection favours none.
+
+Every run records its evaluation curve, so a plateau can be checked. A result file holds the sweep's full
+description; it is reused only if that description is unchanged, and it is written after every run, so an
+interrupted sweep resumes where it stopped.
 """
 
 from __future__ import annotations
