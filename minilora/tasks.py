@@ -5,6 +5,9 @@
   module it comes from (asyncio, codecs, difflib, ...). Framed as generation: ``"<paragraph>\\nmodule: json\\n"``,
   loss on the answer bytes only. The module names have distinct first letters, so the first answer byte
   identifies the class: accuracy = argmax of p(first byte) over the candidates' first bytes.
+* ``CorpusModuleTask``: the same question on docstring paragraphs the base model HAS read in pretraining (never
+  with their labels): a task from its own pretraining domain. Both derive from ``PromptClassTask``, whose
+  ``evaluate_class`` scores the class alone (first-byte accuracy, class NLL, first-byte NLL).
 * ``RankShiftTask``: a synthetic task whose true shift has a known rank k. The teacher is the base model plus a
   random rank-k update of W_q and W_v in every block; the student learns the teacher's next-token
   distributions (soft targets). A LoRA of rank r >= k can represent the shift exactly; r < k cannot.
