@@ -183,10 +183,25 @@ def _delta_sizes(params, lora, scale) -> dict:
 
 
 def _load(path: Path, sweep: Sweep) -> dict | None:
+    """The saved results of ``sweep``, or None. A file made for the same budget and task but other settings is
+    reused for the settings the two share, unchanged (so a setting can be added or dropped without re-running
+    the others): its runs of other settings are dropped."""
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    return data if data.get("sweep") == sweep.describe() else None
+    old, new = data.get("sweep", {}), sweep.describe()
+    if old == new:
+        return data
+    same_budget = {k: v for k, v in old.items() if k not in ("settings", "name")} == \
+        {k: v for k, v in new.items() if k not in ("settings", "name")}
+    if not same_budget:
+        return None
+    kept = {s["label"] for s in old.get("settings", [])} & {s["label"] for s in new["settings"]}
+    kept = {label for label in kept if next(s for s in old["settings"] if s["label"] == label) ==
+            next(s for s in new["settings"] if s["label"] == label)}
+    runs = {k: v for k, v in data["runs"].items() if k.split("|")[0] in kept}
+    return {"sweep": new, "runs": runs, "seconds": sum(r["seconds"] for r in runs.values()),
+            "wall_seconds": data.get("wall_seconds", 0.0), "load_average": data.get("load_average")}
 
 
 def _key(setting: Setting, lr: float, seed: int) -> str:

@@ -32,6 +32,13 @@ def run_notebook(path, mode: str, timeout: int = 3600) -> dict:
     try:
         nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent)}}).execute()
+    except nbclient.exceptions.CellExecutionError:
+        import tempfile
+
+        failed = Path(tempfile.mkdtemp()) / path.name  # the cells run so far, with their outputs; the page is kept
+        failed.write_text(nbformat.writes(nb), encoding="utf-8")
+        print(f"a cell failed; the partly executed notebook is in {failed}; {path} is unchanged", flush=True)
+        raise
     finally:
         if previous is None:
             os.environ.pop("MINILORA_MODE", None)
