@@ -308,6 +308,14 @@ def _stats(values) -> dict:
             "values": [float(x) for x in v]}
 
 
+def compare(row_a: dict, row_b: dict, metric: str = "class_nll") -> tuple[float, float]:
+    """(mean_a - mean_b, its standard error) of two table rows over their seeds (unpaired: the seeds of two
+    settings are different runs). A difference of more than 2-3 standard errors is one the seeds do not explain."""
+    a, b = row_a[metric], row_b[metric]
+    na, nb = len(a["values"]), len(b["values"])
+    return a["mean"] - b["mean"], float(np.sqrt(a["std"] ** 2 / na + b["std"] ** 2 / nb))
+
+
 def curves(data: dict, setting_label: str, metric: str = "accuracy") -> dict:
     """{seed: (steps, values)} of one setting at its chosen learning rate: to check training reached a plateau."""
     lr = data["table"][setting_label]["lr"]

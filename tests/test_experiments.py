@@ -155,3 +155,10 @@ def test_full_results_are_read_in_reduced_mode_and_checked(tiny_sweep, tmp_path,
     data["runs"].pop("r=4|0.01|1")
     with pytest.raises(ValueError, match="incomplete"):
         ex.summarize(tiny_sweep, data)
+
+
+def test_compare_gives_the_difference_and_its_standard_error():
+    a = {"class_nll": {"mean": 1.0, "std": 0.3, "values": [0.7, 1.0, 1.3]}}
+    b = {"class_nll": {"mean": 0.5, "std": 0.0, "values": [0.5, 0.5, 0.5]}}
+    diff, se = ex.compare(a, b)
+    assert diff == pytest.approx(0.5) and se == pytest.approx(0.3 / np.sqrt(3))
