@@ -92,3 +92,46 @@ def delta_w_vs_w(W, delta, r: int, seed: int = 0) -> dict:
         "norm_delta": float(xp.linalg.norm(delta)),
         "amplification": float(xp.linalg.norm(delta)) / on_delta if on_delta > 0 else float("inf"),
     }
+
+
+def random_subspace_similarity(i, j, d: int):
+    """E[φ(A1, A2, i, j)] for independent random A1, A2 whose row spaces are uniformly distributed (Gaussian A):
+    exactly max(i, j) / d.
+
+    Derivation: with U1 (d, i) and U2 (d, j) orthonormal and U2 uniformly random, each column u of U1 has
+    E‖U2ᵀ u‖² = j/d (a random j-dimensional projection keeps j/d of a unit vector's squared length on average),
+    so E‖U1ᵀ U2‖²_F = i·j/d and E φ = i·j / (d · min(i, j)) = max(i, j)/d. Works on arrays of i and j.
+    """
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+        raise ValueError(f"d must be a positive int, got {d!r}")
+    i, j = np.asarray(i), np.asarray(j)
+    if np.any(i < 1) or np.any(j < 1) or np.any(i > d) or np.any(j > d):
+        raise ValueError(f"i and j must lie in [1, d={d}]")
+    return np.maximum(i, j) / d
+
+
+def stable_rank(M) -> float:
+    """‖M‖²_F / ‖M‖²_2: how many singular values carry the matrix's energy (1 for rank 1, n for n equal ones)."""
+    s = np.linalg.svd(np.asarray(M, dtype=np.float64), compute_uv=False)
+    if s[0] == 0:
+        raise ValueError("stable_rank of a zero matrix is undefined")
+    return float((s**2).sum() / s[0] ** 2)
+
+
+def energy_rank(M, fraction: float = 0.9) -> int:
+    """The number of top singular values that hold ``fraction`` of ‖M‖²_F."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    s2 = np.linalg.svd(np.asarray(M, dtype=np.float64), compute_uv=False) ** 2
+    return int(np.searchsorted(np.cumsum(s2) / s2.sum(), fraction - 1e-12) + 1)
+
+
+def random_projection_rms(W, r: int) -> float:
+    """The exact root-mean-square of ‖Uᵀ W V‖_F over independent, uniformly random orthonormal U (d_out, r) and
+    V (d_in, r): ‖W‖_F · r / √(d_out · d_in), because E[U Uᵀ] = (r/d_out) I and E[V Vᵀ] = (r/d_in) I. Table 7's
+    "random" baseline without sampling."""
+    W = np.asarray(W, dtype=np.float64)
+    d_out, d_in = W.shape
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 1 <= r <= min(d_out, d_in):
+        raise ValueError(f"r must be an int in [1, {min(d_out, d_in)}], got {r!r}")
+    return float(np.linalg.norm(W) * r / np.sqrt(d_out * d_in))

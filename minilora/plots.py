@@ -68,3 +68,23 @@ def singular_values(series: dict, path=None, title="Singular values"):
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def param_dots(rows: list[tuple[str, int]], path=None, title="Trainable parameters"):
+    """A dot plot on a log scale: [(label, count), ...]. Dots, not bars: on a log axis a bar's length depends on
+    the arbitrary left edge, a dot's position does not."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    labels = [r[0] for r in rows]
+    counts = [r[1] for r in rows]
+    ax.scatter(counts, range(len(rows)), color="tab:blue", zorder=3)
+    for i, c in enumerate(counts):
+        ax.annotate(f"{c:,}", (c, i), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), labels)
+    ax.set_xscale("log")
+    lo, hi = min(counts), max(counts)
+    ax.set_xlim(lo / 3, hi * 20)  # room for the labels
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x", which="both")
+    ax.set(xlabel="parameters (log scale)", title=title)
+    fig.tight_layout()
+    return _save(fig, path)

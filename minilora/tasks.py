@@ -5,6 +5,9 @@
   module it comes from (asyncio, codecs, difflib, ...). Framed as generation: ``"<paragraph>\\nmodule: json\\n"``,
   loss on the answer bytes only. The module names have distinct first letters, so the first answer byte
   identifies the class: accuracy = argmax of p(first byte) over the candidates' first bytes.
+* ``CorpusModuleTask``: the same question on docstring paragraphs the base model HAS read in pretraining (never
+  with their labels): a task from its own pretraining domain. Both derive from ``PromptClassTask``, whose
+  ``evaluate_class`` scores the class alone (first-byte accuracy, class NLL, first-byte NLL).
 * ``RankShiftTask``: a synthetic task whose true shift has a known rank k. The teacher is the base model plus a
   random rank-k update of W_q and W_v in every block; the student learns the teacher's next-token
   distributions (soft targets). A LoRA of rank r >= k can represent the shift exactly; r < k cannot.
@@ -51,19 +54,26 @@ def shown_text(paragraph: str) -> str:
     return paragraph[:DOC_CHARS]
 
 
-@lru_cache(maxsize=1)
-def _doc_examples() -> tuple[tuple[str, str], ...]:
-    """(shown text, module) pairs: unique shown texts of one module only (ambiguous ones are dropped)."""
+@lru_cache(maxsize=None)
+def _module_examples(modules: tuple[str, ...], cap: int, in_text: str | None = None,
+                     chars: int = DOC_CHARS) -> tuple[tuple[str, str], ...]:
+    """(shown text, module) pairs: unique shown texts of one module only (ambiguous ones are dropped), at most
+    ``cap`` per module in a hash order. in_text: keep only shown texts that occur in this text."""
     modules_of: dict[str, set[str]] = {}
-    for name in DOC_MODULES:
+    for name in modules:
         for para in docstring_paragraphs(name):
-            modules_of.setdefault(shown_text(para), set()).add(name)
+            modules_of.setdefault(para[:chars], set()).add(name)
     examples = []
-    for name in DOC_MODULES:
-        texts = sorted((t for t, mods in modules_of.items() if mods == {name}),
+    for name in modules:
+        texts = sorted((t for t, mods in modules_of.items() if mods == {name} and (in_text is None or t in in_text)),
                        key=lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest())
-        examples.extend((t, name) for t in texts[:MAX_PER_MODULE])
+        examples.extend((t, name) for t in texts[:cap])
     return tuple(examples)
+
+
+def _doc_examples() -> tuple[tuple[str, str], ...]:
+    """The DocModuleTask examples: paragraphs of DOC_MODULES, none of which is in the pretraining corpus."""
+    return _module_examples(DOC_MODULES, MAX_PER_MODULE)
 
 
 def doc_task_paragraphs() -> list[str]:
@@ -71,25 +81,24 @@ def doc_task_paragraphs() -> list[str]:
     return [p for name in DOC_MODULES for p in docstring_paragraphs(name)]
 
 
-class DocModuleTask:
-    """Name the standard-library module a docstring paragraph comes from. 80/20 train/eval split by a hash of
-    the text the model is shown, so no input is in both splits."""
+class PromptClassTask:
+    """Name the class of a text, framed as generation: ``"<text>\\nmodule: <label>\\n"``, loss on the answer
+    bytes only. The labels have distinct first bytes, so the first answer byte identifies the class.
 
-    name = "docmodule"
-    description = "name the standard-library module a docstring paragraph comes from"
+    Subclasses set ``labels`` and ``train_examples`` / ``eval_examples`` ((shown text, label) pairs) and call
+    ``_prepare()``. ``evaluate`` keeps the answer-byte loss the CLI and tour report; ``evaluate_class`` scores the
+    class itself (the first answer byte), which is what an accuracy claim is about.
+    """
+
     metric = "accuracy"  # the headline metric of evaluate(); higher is better
     eval_split = "held-out split"
 
-    def __init__(self, context: int = 128, eval_fraction: float = 0.2):
-        self.context = context
-        self.labels = DOC_MODULES
-        cut = int(round(eval_fraction * 100))
-        examples = _doc_examples()
-        self.train_examples = [e for e in examples if _split_bucket(e[0]) >= cut]
-        self.eval_examples = [e for e in examples if _split_bucket(e[0]) < cut]
+    name = "promptclass"
+
+    def _prepare(self):
         self.first_bytes = np.array([encode(label)[0] for label in self.labels])  # (n_labels,)
         if len(set(self.first_bytes.tolist())) != len(self.labels):
-            raise AssertionError("DocModuleTask labels must have distinct first bytes")
+            raise AssertionError(f"{type(self).__name__} labels must have distinct first bytes")
         self._train = self._encode(self.train_examples)
         self._eval = self._encode(self.eval_examples)
         self.chance = 1.0 / len(self.labels)  # accuracy of a uniform guess among the modules
@@ -120,24 +129,123 @@ class DocModuleTask:
         idx = rng.integers(0, len(x), size=batch_size)
         return Batch(x[idx], y[idx], w[idx])
 
-    def evaluate(self, params, config, lora=None, lora_config=None, split: str = "eval", batch_size: int = 64):
-        """{"accuracy": ..., "loss": answer-token loss, "n": examples}."""
+    def split(self, split: str = "eval"):
+        """(x, y, w, answer_at, true class indices) of the "train" or "eval" split."""
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         x, y, w, answer_at = self._eval if split == "eval" else self._train
-        true = np.array([self.labels.index(lab) for _, lab in
-                         (self.eval_examples if split == "eval" else self.train_examples)])
-        correct, loss_sum, weight_sum = 0, 0.0, 0.0
+        examples = self.eval_examples if split == "eval" else self.train_examples
+        true = np.array([self.labels.index(lab) for _, lab in examples])  # (n,)
+        return x, y, w, answer_at, true
+
+    def _scored_batches(self, params, config, lora, lora_config, split, batch_size):
+        """For each evaluation batch: (logits (b, T, V), its y, w, answer_at, true), padding trimmed."""
+        x, y, w, answer_at, true = self.split(split)
         for s in range(0, len(x), batch_size):
             sl = slice(s, s + batch_size)
             T = int(w[sl].nonzero()[1].max()) + 1  # trim trailing padding: attention is causal, nothing changes
-            logits = forward(params, x[sl, :T], config, lora, lora_config)  # (b, T, V), on the weights' device
-            rows, at, cand, yb, wb, label = to_device((np.arange(logits.shape[0]), answer_at[sl], self.first_bytes,
-                                                       y[sl, :T], w[sl, :T], true[sl]), like=logits)
+            logits = forward(params, x[sl, :T], config, lora, lora_config)  # (b, T, V)
+            yield logits, y[sl, :T], w[sl, :T], answer_at[sl], true[sl]
+
+    def evaluate(self, params, config, lora=None, lora_config=None, split: str = "eval", batch_size: int = 64):
+        """{"accuracy": ..., "loss": answer-token loss, "n": examples}."""
+        correct, loss_sum, weight_sum, n = 0, 0.0, 0.0, 0
+        for logits, y, w, answer_at, true in self._scored_batches(params, config, lora, lora_config, split,
+                                                                  batch_size):
+            rows, at, cand, yb, wb, label = to_device((np.arange(logits.shape[0]), answer_at, self.first_bytes, y, w,
+                                                       true), like=logits)  # on the logits' device
             pred = logits[rows, at][:, cand].argmax(axis=-1)  # (b,): the class of the first answer byte
             correct += int((pred == label).sum())
-            ws = float(w[sl, :T].sum())
+            ws = float(w.sum())
             loss_sum += float(cross_entropy(logits, yb, wb)) * ws
             weight_sum += ws
-        return {"accuracy": correct / len(x), "loss": loss_sum / weight_sum, "n": len(x)}
+            n += len(true)
+        return {"accuracy": correct / n, "loss": loss_sum / weight_sum, "n": n}
+
+    def evaluate_class(self, params, config, lora=None, lora_config=None, split: str = "eval",
+                       batch_size: int = 64):
+        """Metrics of the class alone, read from the first answer byte.
+
+        accuracy: argmax over the candidates' first bytes; class_nll: -log p(true class) with p renormalised over
+        the candidates (chance: ln n_labels); first_byte_nll: -log p(true first byte) over all 256 bytes (mass
+        on bytes that start no label counts against it); loss: the answer-byte loss of ``evaluate``.
+        """
+        correct, class_nll, byte_nll, loss_sum, weight_sum, n = 0, 0.0, 0.0, 0.0, 0.0, 0
+        for logits, y, w, answer_at, true in self._scored_batches(params, config, lora, lora_config, split,
+                                                                  batch_size):
+            on_device = to_device((np.arange(logits.shape[0]), answer_at, y, w), like=logits)
+            first = to_host(logits[on_device[0], on_device[1]]).astype(np.float64)  # (b, V), scored on the host
+            yb, wb = on_device[2:]
+            log_p = first - _logsumexp(first)  # (b, V) log-probabilities of the first answer byte
+            cand = first[:, self.first_bytes]  # (b, n_labels)
+            log_q = cand - _logsumexp(cand)  # (b, n_labels) renormalised over the candidates
+            rows = np.arange(len(true))
+            correct += int((cand.argmax(axis=-1) == true).sum())
+            class_nll -= float(log_q[rows, true].sum())
+            byte_nll -= float(log_p[rows, self.first_bytes[true]].sum())
+            ws = float(w.sum())
+            loss_sum += float(cross_entropy(logits, yb, wb)) * ws
+            weight_sum += ws
+            n += len(true)
+        return {"accuracy": correct / n, "class_nll": class_nll / n, "first_byte_nll": byte_nll / n,
+                "loss": loss_sum / weight_sum, "n": n}
+
+
+def _logsumexp(a):
+    m = a.max(axis=-1, keepdims=True)
+    return m + np.log(np.exp(a - m).sum(axis=-1, keepdims=True))
+
+
+class DocModuleTask(PromptClassTask):
+    """Name the standard-library module a docstring paragraph comes from. 80/20 train/eval split by a hash of
+    the text the model is shown, so no input is in both splits. None of these texts is in the pretraining
+    corpus."""
+
+    name = "docmodule"
+    description = "name the standard-library module a docstring paragraph comes from"
+
+    def __init__(self, context: int = 128, eval_fraction: float = 0.2):
+        self.context = context
+        self.labels = DOC_MODULES
+        cut = int(round(eval_fraction * 100))
+        examples = _doc_examples()
+        self.train_examples = [e for e in examples if _split_bucket(e[0]) >= cut]
+        self.eval_examples = [e for e in examples if _split_bucket(e[0]) < cut]
+        self._prepare()
+
+
+# Modules whose docstrings ARE in the pretraining corpus (its first 95%, the part the base was trained on), with
+# distinct first letters and at least 59 paragraphs each.
+CORPUS_CLASSES = ("configparser", "datetime", "email", "http", "ipaddress", "mailbox", "pathlib", "smtplib",
+                  "threading", "urllib")
+CORPUS_PER_MODULE = 100
+
+
+class CorpusModuleTask(PromptClassTask):
+    """DocModuleTask's question on text the base model has read: name the module of a docstring paragraph from
+    the pretraining corpus (seen in pretraining, but never with its label).
+
+    Same framing, shown length and 80/20 hash split as DocModuleTask; only paragraphs that occur in the corpus's
+    training part are used, at most CORPUS_PER_MODULE per module. The task tests whether an adapter can read out
+    a class the pretrained model may already represent (the paper's setting: GPT-3 has read about WikiSQL's and
+    MNLI's kind of text, never their labels).
+    """
+
+    name = "corpusmodule"
+    description = "name the module of a docstring paragraph the base has read in pretraining (never with its label)"
+
+    def __init__(self, context: int = 128, eval_fraction: float = 0.2, modules: tuple[str, ...] = CORPUS_CLASSES,
+                 per_module: int = CORPUS_PER_MODULE, shown_chars: int = DOC_CHARS):
+        from .tokenizer import decode
+
+        self.context = context
+        self.labels = tuple(modules)
+        cut = int(round(eval_fraction * 100))
+        seen = decode(pretraining_tokens()[0])  # the text the base was trained on
+        examples = _module_examples(self.labels, per_module, seen, shown_chars)
+        self.train_examples = [e for e in examples if _split_bucket(e[0]) >= cut]
+        self.eval_examples = [e for e in examples if _split_bucket(e[0]) < cut]
+        self._prepare()
 
 
 class LanguageModelTask:

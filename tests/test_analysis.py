@@ -60,3 +60,52 @@ def test_delta_w_vs_w_orders_projections_as_section_7_3():
     assert out["amplification"] == pytest.approx(np.linalg.norm(delta) / out["delta"])
     with pytest.raises(ValueError, match="same shape"):
         delta_w_vs_w(W, delta[:10], r)
+
+
+def test_exact_random_baseline_of_phi_matches_monte_carlo():
+    """E φ = max(i, j)/d for random Gaussian A1, A2: 4,000 draws agree within 4 standard errors."""
+    from minilora.analysis import random_subspace_similarity
+
+    rng = np.random.default_rng(3)
+    d = 24
+    for i, j in [(1, 1), (1, 8), (3, 5), (8, 8)]:
+        draws = [subspace_similarity(rng.standard_normal((i, d)), rng.standard_normal((j, d)), i, j)
+                 for _ in range(4000)]
+        se = np.std(draws) / np.sqrt(len(draws))
+        assert abs(np.mean(draws) - random_subspace_similarity(i, j, d)) < 4 * se, (i, j, np.mean(draws))
+    grid = random_subspace_similarity(np.arange(1, 4)[:, None], np.arange(1, 5)[None, :], d)
+    assert grid.shape == (3, 4) and grid[2, 3] == 4 / d and grid[2, 0] == 3 / d
+    with pytest.raises(ValueError, match="i and j"):
+        random_subspace_similarity(0, 3, d)
+
+
+def test_exact_random_projection_baseline_matches_monte_carlo():
+    from minilora.analysis import projection_norm, random_projection_rms
+
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((12, 20)) * np.linspace(0.1, 3, 20)
+    sq = []
+    for _ in range(3000):
+        U, _ = np.linalg.qr(rng.standard_normal((12, 3)))
+        V, _ = np.linalg.qr(rng.standard_normal((20, 3)))
+        sq.append(projection_norm(W, U, V.T) ** 2)
+    se = np.std(sq) / np.sqrt(len(sq))
+    assert abs(np.mean(sq) - random_projection_rms(W, 3) ** 2) < 4 * se
+    with pytest.raises(ValueError, match="r must be"):
+        random_projection_rms(W, 13)
+
+
+def test_stable_rank_and_energy_rank():
+    from minilora.analysis import energy_rank, stable_rank
+
+    rng = np.random.default_rng(5)
+    Q1, _ = np.linalg.qr(rng.standard_normal((30, 30)))
+    Q2, _ = np.linalg.qr(rng.standard_normal((30, 30)))
+    M = Q1 @ np.diag([3.0, 3.0, 3.0, 0, 0] + [0] * 25) @ Q2  # three equal singular values
+    assert stable_rank(M) == pytest.approx(3.0)
+    assert stable_rank(np.outer(rng.standard_normal(7), rng.standard_normal(9))) == pytest.approx(1.0)
+    assert energy_rank(M, 0.9) == 3 and energy_rank(M, 0.3) == 1
+    spread = Q1 @ np.diag(np.linspace(1, 2, 30)) @ Q2
+    assert stable_rank(spread) > 10 and energy_rank(spread, 1.0) == 30
+    with pytest.raises(ValueError, match="zero matrix"):
+        stable_rank(np.zeros((3, 3)))

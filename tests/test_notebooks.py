@@ -1,7 +1,8 @@
 """Every teaching notebook runs top to bottom: its asserted claims are tests.
 
-The notebooks are committed with their outputs (so they read well on GitHub); here they are re-executed from
-scratch in a fresh kernel, in a temporary copy, so the committed files are never rewritten by a test run.
+The notebooks are committed with their outputs (so they read well on GitHub, in full mode); here they are
+re-executed from scratch in a fresh kernel, in a temporary copy and in reduced mode, so the committed files are
+never rewritten by a test run.
 """
 
 import shutil
@@ -12,12 +13,15 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_there_are_six_notebooks():
-    assert len(NOTEBOOKS) == 6, [p.name for p in NOTEBOOKS]
+def test_there_are_eight_notebooks():
+    assert len(NOTEBOOKS) == 8, [p.name for p in NOTEBOOKS]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    # The reduced mode of every experiment (minilora.experiments): the same code as the committed full runs, on
+    # budgets that keep all eight notebooks to a few minutes. The kernel inherits the environment.
+    monkeypatch.setenv("MINILORA_MODE", "reduced")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     work = tmp_path / path.name
