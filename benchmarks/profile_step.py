@@ -96,7 +96,8 @@ def main(argv=None):
 
     backend.tune_malloc()
     set_blas_threads(args.threads)
-    backend.set_threads(args.threads)
+    if hasattr(backend, "set_threads"):  # absent before issue 12: the profile also runs on older checkouts
+        backend.set_threads(args.threads)
     cfg, lcfg, params, lora, batch = make_problem(args)
     ml_lora, ml_full = minilora_steps(cfg, lcfg)
     step, step_args = (ml_lora, (lora, params, batch)) if args.mode == "lora" else (ml_full, (params, batch))
@@ -114,8 +115,9 @@ def main(argv=None):
     prof = replay(nodes, args.reps, args.seed, clock)
 
     load = os.getloadavg()
+    pool = backend.get_threads() if hasattr(backend, "get_threads") else "none"
     print(f"profile of one {args.mode} step: preset {args.preset!r}, batch {args.batch} x T {args.T}; "
-          f"BLAS threads {args.threads}, element-wise pool {backend.get_threads()}; {args.clock} clock; "
+          f"BLAS threads {args.threads}, element-wise pool {pool}; {args.clock} clock; "
           f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"{'primitive':24s} {'calls':>5s} {'forward ms':>10s} {'VJP ms':>8s} {'total':>8s}")
     rows = sorted(prof.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))
