@@ -23,7 +23,7 @@ PAGES = sorted(DOCS.glob("*.md"))
 RUN_ELSEWHERE = {"verify.md"}  # tests/test_docs_verify.py runs its blocks (they need torch)
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 # Pages other branches are writing: a link to one passes while it is absent, and is checked once it exists.
-PENDING = {"results.md": "docs/results.md (the experiments' tables and figures) is being written on branch i9"}
+PENDING: dict = {}  # docs pages linked before they exist (none now): name -> why
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 
 
