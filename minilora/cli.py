@@ -440,7 +440,9 @@ def cmd_eval(args, console):
     task = _task(args.task, base.params, base.config, args.seed)
     metrics = task.evaluate(model.params, model.config, lora, lcfg)
     same = model is base and lora is None
-    base_metrics = metrics if same else task.evaluate(base.params, base.config) if base.config == model.config else None
+    base_metrics = metrics if same else None
+    if not same and base.config == model.config:  # a --params of another shape has no base to compare with
+        base_metrics = task.evaluate(base.params, base.config)
     chance = getattr(task, "chance", None)
     report = {"task": args.task, "description": task.description, "split": task.eval_split,
               "n": metrics.get("n"), "base": {"file": base.label, "sha256": base.fingerprint},
@@ -463,7 +465,7 @@ def _eval_text(r: dict, model: Loaded, lcfg, same: bool) -> str:
         rows.append(("chance", {"accuracy": r["chance"]}))
     lines.append(f"{'':12}" + "".join(f"{k:>10}" for k in keys))
     for name, m in rows:
-        lines.append(f"{name:12}" + "".join(f"{m[k]:>10.4f}" if k in m else f"{'':>10}" for k in keys))
+        lines.append((f"{name:12}" + "".join(f"{m[k]:>10.4f}" if k in m else f"{'':>10}" for k in keys)).rstrip())
     below = _below_chance(r["metrics"], r["chance"])
     return "\n".join(lines + ([below] if below else []))
 
