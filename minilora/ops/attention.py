@@ -54,7 +54,7 @@ def _merge_heads(t, B):
 
 
 def _probs_rows(qh, kh_t, mask, out):
-    """out = softmax(qh khᵀ + M) per matrix of a stack (qh already scaled by 1/√d_h); written in place."""
+    """out = softmax(qh kh_t + M) per matrix of the stack: qh = Q/√d_h (n, T, d_h), kh_t = Kᵀ (n, d_h, T)."""
     xp = array_module(qh)
     xp.matmul(qh, kh_t, out=out)  # (n, T, T) scores
     out += mask
