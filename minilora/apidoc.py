@@ -172,8 +172,10 @@ def generate(package: str = PACKAGE) -> str:
     return "\n".join(head + body).rstrip("\n") + "\n"
 
 
-def check(path: Path = API_PATH) -> str | None:
-    """None when ``path`` holds what generate() gives now, else a message with a diff and the fix."""
+def check(path: Path | None = None) -> str | None:
+    """None when ``path`` (default: this checkout's docs/api.md) holds what generate() gives now, else a message
+    with a diff and the fix. (A default of API_PATH would print this checkout's absolute path into api.md.)"""
+    path = API_PATH if path is None else Path(path)
     want = generate()
     have = path.read_text(encoding="utf-8") if path.exists() else ""
     if have == want:
