@@ -140,8 +140,8 @@ def plot(result, path):
         for row in ax[:, j]:
             row.set_xticks(xs, [str(x) for x in xs])
             row.minorticks_off()
-    ax[0, 0].legend(fontsize=8)
-    ax[1, 0].legend(fontsize=8)
+    ax[0, 0].legend(fontsize=8, handlelength=3)
+    ax[1, 0].legend(fontsize=8, handlelength=3)
     load = result["load_before"]
     fig.suptitle(f"one training step, minilora vs PyTorch ({result['threads']} threads; others fixed at d_model 128, "
                  f"T 64, batch 16; load before {load[0]:.2f})")
