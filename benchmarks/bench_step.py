@@ -105,22 +105,43 @@ def make_problem(args, cfg=None):
     return cfg, lcfg, params, lora, (x, y)
 
 
-def minilora_steps(cfg, lcfg):
-    """(lora_step(lora, params, batch), full_step(params, batch)): each returns (loss, grads)."""
+def minilora_steps(cfg, lcfg, package=None):
+    """(lora_step(lora, params, batch), full_step(params, batch)): each returns (loss, grads).
+
+    package: the minilora module to step with (default: the imported minilora; see reference_package)."""
     import autograd
 
     import minilora
-    from minilora.ops import cross_entropy
+
+    ml = minilora if package is None else package
+    if package is not None:  # that package's own config classes, which its validation expects
+        cfg, lcfg = ml.GPTConfig.from_dict(cfg.to_dict()), ml.LoraConfig.from_dict(lcfg.to_dict())
 
     def lora_loss(lora, params, batch):
         x, y = batch
-        return cross_entropy(minilora.forward(params, x, cfg, lora, lcfg), y)
+        return ml.ops.cross_entropy(ml.forward(params, x, cfg, lora, lcfg), y)
 
     def full_loss(params, batch):
         x, y = batch
-        return cross_entropy(minilora.forward(params, x, cfg), y)
+        return ml.ops.cross_entropy(ml.forward(params, x, cfg), y)
 
     return autograd.value_and_grad(lora_loss), autograd.value_and_grad(full_loss)
+
+
+def reference_package(path):
+    """Another checkout's minilora (PATH/minilora), copied and imported as ``minilora_ref`` so that both versions
+    run in this process and can be timed interleaved (its modules import each other relatively)."""
+    import importlib
+    import shutil
+    import tempfile
+
+    src = os.path.join(path, "minilora")
+    if not os.path.isfile(os.path.join(src, "__init__.py")):
+        raise SystemExit(f"--reference {path!r}: no minilora package at {src}")
+    dst = tempfile.mkdtemp(prefix="minilora_ref_")
+    shutil.copytree(src, os.path.join(dst, "minilora_ref"), ignore=shutil.ignore_patterns("assets", "__pycache__"))
+    sys.path.insert(0, dst)
+    return importlib.import_module("minilora_ref")
 
 
 # ---- the model step, torch ----------------------------------------------------------------------------------
@@ -384,6 +405,9 @@ def main(argv=None):
                    help="also time the minilora steps in subprocesses with and without tune_malloc")
     p.add_argument("--malloc-reps", type=int, default=15, help="timed steps per --malloc-compare subprocess")
     p.add_argument("--json", metavar="PATH", help="also write the numbers to PATH as JSON")
+    p.add_argument("--reference", metavar="PATH",
+                   help="also time the minilora of another checkout (PATH/minilora, e.g. `git worktree add PATH "
+                        "<commit>`) interleaved with the rest: before/after ratios measured side by side")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # --malloc-compare's worker
     args = p.parse_args(argv)
 
@@ -471,6 +495,15 @@ def main(argv=None):
                 ta @ tw
 
         contenders[2:2] = [("torch lora", t_lora), ("torch full", t_full)]
+    if args.reference:
+        ref = reference_package(args.reference)
+        ref_lora, ref_full = minilora_steps(cfg, lcfg, ref)
+        for mode, a_, b_ in (("lora", ref_lora(lora, params, batch), ml_lora(lora, params, batch)),
+                             ("full", ref_full(params, batch), ml_full(params, batch))):
+            print(f"  reference {mode}: loss {float(a_[0]):.6f} (this checkout {float(b_[0]):.6f}), grads max rel "
+                  f"err {_max_rel_err(b_[1], a_[1]):.1e}")
+        contenders[2:2] = [("reference lora", lambda: ref_lora(lora, params, batch)),
+                           ("reference full", lambda: ref_full(params, batch))]
         contenders.append(("torch matmul", t_matmul))
 
     t_start = time.perf_counter()
@@ -572,12 +605,24 @@ def main(argv=None):
                   f"{cpu_ratio(f'minilora {mode}', f'torch {mode}'):.3f}   target <= "
                   f"{TARGET_MINILORA_OVER_TORCH[mode]}    {verdict(ok)} ({stretch}: <= {STRETCH_MINILORA_OVER_TORCH})")
             ratios[f"minilora_over_torch_{mode}"] = r
+        if args.reference:
+            for mode in ("lora", "full"):
+                r = paired_ratio(res[f"reference {mode}"]["t"], res[f"torch {mode}"]["t"])
+                print(f"  reference/torch {mode:4s} {r[0]:.3f} [{r[1]:.3f}, {r[2]:.3f}]  cpu "
+                      f"{cpu_ratio(f'reference {mode}', f'torch {mode}'):.3f}   (the --reference checkout)")
+                ratios[f"reference_over_torch_{mode}"] = r
         r_mm = paired_ratio(res["numpy matmul"]["t"], res["torch matmul"]["t"])
         print(f"  numpy/torch matmul   {r_mm[0]:.3f} [{r_mm[1]:.3f}, {r_mm[2]:.3f}]  cpu "
               f"{cpu_ratio('numpy matmul', 'torch matmul'):.3f}   (the GEMM libraries alone)")
         ratios["numpy_over_torch_matmul"] = r_mm
     else:
         print("  torch not available: the minilora/torch targets are skipped")
+    if args.reference:
+        for mode in ("lora", "full"):
+            r = paired_ratio(res[f"minilora {mode}"]["t"], res[f"reference {mode}"]["t"])
+            print(f"  minilora/reference {mode:4s} {r[0]:.3f} [{r[1]:.3f}, {r[2]:.3f}]  cpu "
+                  f"{cpu_ratio(f'minilora {mode}', f'reference {mode}'):.3f}   (this checkout against --reference)")
+            ratios[f"minilora_over_reference_{mode}"] = r
     print()
 
     malloc = None

@@ -4,6 +4,7 @@
     python benchmarks/profile_step.py                  # LoRA step, bench config, os.cpu_count() threads
     python benchmarks/profile_step.py --threads 1      # one BLAS thread, minilora's element-wise pool off
     python benchmarks/profile_step.py --mode full      # full fine-tuning
+    python benchmarks/profile_step.py --reference ../minilora-old   # before/after, the two interleaved
 
 How: one step is traced once with autograd, and every node autograd records (the function, its arguments, its
 VJP closure) is kept. Each repetition then replays the recorded forwards in their original order and the VJP
@@ -25,7 +26,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_step import make_problem, minilora_steps, set_blas_threads  # noqa: E402
+from bench_step import make_problem, minilora_steps, reference_package, set_blas_threads  # noqa: E402
 
 
 def record_nodes(step, *args):
@@ -48,30 +49,86 @@ def record_nodes(step, *args):
     return nodes
 
 
-def replay(nodes, reps, seed=0, clock=time.perf_counter):
-    """{name: (forward ms, vjp ms, calls)} medians over reps of each name's summed time."""
+def cotangents_for(nodes, seed=0):
+    """A random cotangent shaped like each node's output (the same draws for every version profiled)."""
     from autograd.core import vspace
 
     np.random.seed(seed)  # vspace.randn() draws from numpy's global generator: pin it
-    cotangents = [vspace(v).randn() for *_, v, _ in nodes]  # a random cotangent shaped like each output
-    fw = collections.defaultdict(list)
-    bw = collections.defaultdict(list)
-    for _ in range(reps):
-        f_sum = collections.Counter()
-        b_sum = collections.Counter()
-        for name, fun, fargs, kwargs, _, _ in nodes:
+    return [vspace(v).randn() for *_, v, _ in nodes]
+
+
+def replay_once(nodes, cotangents, clock):
+    """One replay: the forwards in order, then the VJPs in reverse. Returns ({name: s}, {name: s})."""
+    fw, bw = collections.Counter(), collections.Counter()
+    for name, fun, fargs, kwargs, _, _ in nodes:
+        t0 = clock()
+        fun.fun(*fargs, **kwargs)
+        fw[name] += clock() - t0
+    for (name, *_, vjp), g in zip(reversed(nodes), reversed(cotangents), strict=True):
+        t0 = clock()
+        vjp(g)
+        bw[name] += clock() - t0
+    return fw, bw
+
+
+def profile(versions, reps, clock):
+    """versions: {label: (step, step_args)}. Steps and replays of all versions alternate within each repetition
+    (the first version rotates), so load on the machine falls on all alike. Returns {label: (step ms,
+    {name: (forward ms, VJP ms, calls)})}, medians over the repetitions."""
+    labels = list(versions)
+    for step, step_args in versions.values():
+        for _ in range(3):
+            step(*step_args)
+    nodes = {k: record_nodes(step, *a) for k, (step, a) in versions.items()}
+    cots = {k: cotangents_for(n) for k, n in nodes.items()}
+    walls = {k: [] for k in labels}
+    fw = {k: collections.defaultdict(list) for k in labels}
+    bw = {k: collections.defaultdict(list) for k in labels}
+    for rep in range(reps):
+        for k in labels[rep % len(labels):] + labels[:rep % len(labels)]:
+            step, step_args = versions[k]
             t0 = clock()
-            fun.fun(*fargs, **kwargs)
-            f_sum[name] += clock() - t0
-        for (name, *_, vjp), g in zip(reversed(nodes), reversed(cotangents), strict=True):
-            t0 = clock()
-            vjp(g)
-            b_sum[name] += clock() - t0
-        for name in {n for n, *_ in nodes}:
-            fw[name].append(f_sum[name])
-            bw[name].append(b_sum[name])
-    calls = collections.Counter(n for n, *_ in nodes)
-    return {n: (float(np.median(fw[n])) * 1e3, float(np.median(bw[n])) * 1e3, calls[n]) for n in calls}
+            step(*step_args)
+            walls[k].append(clock() - t0)
+            f, b = replay_once(nodes[k], cots[k], clock)
+            for name in {n for n, *_ in nodes[k]}:
+                fw[k][name].append(f[name])
+                bw[k][name].append(b[name])
+    out = {}
+    for k in labels:
+        calls = collections.Counter(n for n, *_ in nodes[k])
+        out[k] = (float(np.median(walls[k])) * 1e3,
+                  {n: (float(np.median(fw[k][n])) * 1e3, float(np.median(bw[k][n])) * 1e3, calls[n]) for n in calls})
+    return out
+
+
+def print_table(result):
+    labels = list(result)
+    first = result[labels[0]][1]
+    names = sorted(set().union(*(r[1] for r in result.values())), key=lambda n: -sum(first.get(n, (0, 0, 0))[:2]))
+    head = f"{'primitive':22s} {'calls':>5s}" + "".join(f" | {k[:14]:>14s}: fwd    VJP  total" for k in labels)
+    print(head)
+    totals = {k: [0.0, 0.0] for k in labels}
+    for n in names:
+        row = f"{n:22s} {first.get(n, (0, 0, 0))[2]:5d}"
+        for k in labels:
+            f, b, _ = result[k][1].get(n, (0.0, 0.0, 0))
+            totals[k][0] += f
+            totals[k][1] += b
+            row += f" | {'':14s}  {f:6.2f} {b:6.2f} {f + b:6.2f}"
+        print(row)
+    for label, pick in (("sum of primitives", lambda k: totals[k]), ("step (median)", None),
+                        ("autograd bookkeeping", "rest")):
+        row = f"{label:22s} {'':5s}"
+        for k in labels:
+            f, b = totals[k]
+            if pick is None:
+                row += f" | {'':14s}  {'':6s} {'':6s} {result[k][0]:6.2f}"
+            elif pick == "rest":
+                row += f" | {'':14s}  {'':6s} {'':6s} {result[k][0] - f - b:6.2f}"
+            else:
+                row += f" | {'':14s}  {f:6.2f} {b:6.2f} {f + b:6.2f}"
+        print(row)
 
 
 def main(argv=None):
@@ -90,44 +147,33 @@ def main(argv=None):
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: time.perf_counter; cpu: time.process_time (CPU time of all threads: nearly immune "
                         "to other processes with --threads 1, but it counts spinning BLAS threads)")
+    p.add_argument("--reference", metavar="PATH",
+                   help="also profile another checkout's minilora (PATH/minilora), interleaved: before/after")
     args = p.parse_args(argv)
 
     from minilora import backend
 
     backend.tune_malloc()
     set_blas_threads(args.threads)
-    if hasattr(backend, "set_threads"):  # absent before issue 12: the profile also runs on older checkouts
-        backend.set_threads(args.threads)
+    backend.set_threads(args.threads)
     cfg, lcfg, params, lora, batch = make_problem(args)
-    ml_lora, ml_full = minilora_steps(cfg, lcfg)
-    step, step_args = (ml_lora, (lora, params, batch)) if args.mode == "lora" else (ml_full, (params, batch))
-
-    for _ in range(3):
-        step(*step_args)
+    packages = {"this checkout": None}
+    if args.reference:
+        packages["reference"] = reference_package(args.reference)
+    versions = {}
+    for label, package in packages.items():
+        if package is not None and hasattr(package.backend, "set_threads"):
+            package.backend.set_threads(args.threads)
+        ml_lora, ml_full = minilora_steps(cfg, lcfg, package)
+        versions[label] = (ml_lora, (lora, params, batch)) if args.mode == "lora" else (ml_full, (params, batch))
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    walls = []
-    for _ in range(args.reps):
-        t0 = clock()
-        step(*step_args)
-        walls.append(clock() - t0)
-    wall = float(np.median(walls)) * 1e3
-    nodes = record_nodes(step, *step_args)
-    prof = replay(nodes, args.reps, args.seed, clock)
+    result = profile(versions, args.reps, clock)
 
     load = os.getloadavg()
-    pool = backend.get_threads() if hasattr(backend, "get_threads") else "none"
-    print(f"profile of one {args.mode} step: preset {args.preset!r}, batch {args.batch} x T {args.T}; "
-          f"BLAS threads {args.threads}, element-wise pool {pool}; {args.clock} clock; "
+    print(f"profile of one {args.mode} step (ms): preset {args.preset!r}, batch {args.batch} x T {args.T}; "
+          f"BLAS threads {args.threads}, element-wise pool {backend.get_threads()}; {args.clock} clock; "
           f"load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"{'primitive':24s} {'calls':>5s} {'forward ms':>10s} {'VJP ms':>8s} {'total':>8s}")
-    rows = sorted(prof.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))
-    tot_f = tot_b = 0.0
-    for name, (f, b, n) in rows:
-        tot_f, tot_b = tot_f + f, tot_b + b
-        print(f"{name:24s} {n:5d} {f:10.2f} {b:8.2f} {f + b:8.2f}")
-    print(f"{'sum of primitives':24s} {len(nodes):5d} {tot_f:10.2f} {tot_b:8.2f} {tot_f + tot_b:8.2f}")
-    print(f"{'step (median)':24s} {'':5s} {'':10s} {'':8s} {wall:8.2f}")
-    print(f"{'autograd bookkeeping':24s} {'':5s} {'':10s} {'':8s} {wall - tot_f - tot_b:8.2f}")
+    print_table(result)
     return 0
 
 
