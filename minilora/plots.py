@@ -11,12 +11,17 @@ import matplotlib.pyplot as plt
 
 
 def _save(fig, path):
+    """Write ``fig`` to ``path`` as a PNG (when a path is given) the way every minilora file is written:
+    rendered in memory, then checkpoint.atomic_write_bytes (temporary file, fsync, rename, folder fsync), so a
+    reader never sees half a PNG and a failed save leaves the old file."""
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        tmp.replace(path)  # atomic: a reader never sees half a PNG
+        from io import BytesIO
+
+        from .checkpoint import atomic_write_bytes
+
+        buffer = BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        atomic_write_bytes(Path(path), buffer.getvalue())
     return fig
 
 
