@@ -155,10 +155,13 @@ def describe(err: Exception) -> str:
 
 
 def shapes_of(names, args) -> str:
+    """"x (4, 8), A (2, 8)": the shapes of the array arguments, for a report line."""
     return ", ".join(f"{n} {tuple(a.shape)}" for n, a in zip(names, args, strict=False) if isinstance(a, np.ndarray))
 
 
 def run_case(fn, case: Case) -> CaseResult:
+    """Call fn on copies of the case's arguments (a student's function cannot change them for the next case) and
+    compare with the expected result; an exception becomes the result's message, not a traceback."""
     args = tuple(a.copy() if isinstance(a, np.ndarray) else a for a in case.args)
     got, err = call(fn, args)
     fail = lambda detail, mistakes=(): CaseResult(case.label, False, detail, tuple(mistakes), case.tags)

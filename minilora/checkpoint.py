@@ -148,6 +148,7 @@ def _file_mode(path: Path) -> int:
 
 
 def atomic_write_json(path, obj) -> Path:
+    """Write obj as indented, key-sorted JSON with atomic_write_bytes (the same guarantees)."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
@@ -380,6 +381,7 @@ def _merged_field(info: dict, path) -> list:
 
 
 def read_record(path) -> dict:
+    """The "record" dict a params file was saved with (what made it: command, task, steps...); {} if none."""
     return _field(_read_minilora(path, "params")[1], "record", path, dict, default={})
 
 

@@ -63,6 +63,7 @@ def boolean(owner: str, name: str, value) -> bool:
 
 
 def choice(owner: str, name: str, value, options) -> str:
+    """``value`` if it is one of ``options``, else a ValueError naming owner.name and the options."""
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{_label(owner, name)} must be one of {tuple(options)}, got {value!r}")
     return value
@@ -111,6 +112,7 @@ class GPTConfig:
 
     @property
     def d_head(self) -> int:
+        """Width of one attention head, d_model / n_head."""
         return self.d_model // self.n_head
 
     def matrix_shape(self, name: str) -> tuple[int, int]:

@@ -54,6 +54,7 @@ class LoraConfig:
         return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
     def adapted_layers(self, config: GPTConfig) -> tuple[int, ...]:
+        """The block indices that get adapters under ``config`` (every block when ``layers`` is None)."""
         return self._layers_of(config.n_layer)
 
     def _layers_of(self, n_layer: int) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ class AdamW:
         object.__setattr__(self, "weight_decay", real_number("AdamW", "weight_decay", self.weight_decay, at_least=0))
 
     def init(self, params) -> dict:
+        """The optimizer state for ``params``: step 0 and zero first and second moments of their shapes."""
         zeros = lambda a: np.zeros_like(a)  # noqa: E731
         return {"step": 0, "m": map_leaves(zeros, params), "v": map_leaves(zeros, params)}
 
@@ -77,6 +78,7 @@ def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.
 
 
 def global_norm(grads) -> float:
+    """The L2 norm of every gradient leaf together, sqrt(Σ ‖g‖²), as a Python float."""
     return math.sqrt(sum(float(np.vdot(g, g)) for g in map_leaves(lambda a: a, grads, collect=True)))
 
 

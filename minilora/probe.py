@@ -71,6 +71,7 @@ def fit_logistic(X, y, n_classes: int, l2: float, steps: int = 300):
 
 
 def predict_logistic(model, X) -> np.ndarray:
+    """Class indices (n,) that a model from fit_logistic predicts for the rows of X (standardised as in fitting)."""
     W, b, mean, std = model
     return (((np.asarray(X, np.float64) - mean) / std) @ W + b).argmax(1)
 

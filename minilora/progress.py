@@ -58,5 +58,6 @@ class Progress:
                 self.last_line = now
 
     def close(self) -> None:
+        """End the bar (a no-op for plain lines or none)."""
         if self.bar is not None:
             self.bar.close()

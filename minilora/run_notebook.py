@@ -16,6 +16,8 @@ from pathlib import Path
 
 
 def run_notebook(path, mode: str, timeout: int = 3600) -> dict:
+    """Execute the notebook at ``path`` in a fresh kernel with MINILORA_MODE=mode and write it back atomically with
+    its outputs and a metadata record; returns the record (mode, wall seconds, load average after)."""
     import nbclient
     import nbformat
 
@@ -52,6 +54,7 @@ def run_notebook(path, mode: str, timeout: int = 3600) -> dict:
 
 
 def main(argv=None) -> int:
+    """python -m minilora.run_notebook PATH... [--mode full|reduced]: execute notebooks in place."""
     p = argparse.ArgumentParser(prog="python -m minilora.run_notebook", description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+")
     p.add_argument("--mode", choices=("full", "reduced"), default="full")

@@ -110,6 +110,7 @@ class CpuMonitor:
     """
 
     def start(self) -> "CpuMonitor":
+        """Begin the interval (CPU counters and wall clock); returns self."""
         self._stat, self._own, self._wall = _proc_stat(), _own_cpu_seconds(), time.perf_counter()
         return self
 

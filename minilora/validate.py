@@ -96,6 +96,8 @@ def check_finite(flat: dict, what: str, hint: str = "") -> None:
 
 
 def check_params(params, config: GPTConfig) -> None:
+    """Raise a clear error unless ``params`` is a parameter tree of ``config``'s shapes (every missing, extra or
+    misshapen tensor named); returns None when it is."""
     from .tree import flatten
 
     if not isinstance(config, GPTConfig):
