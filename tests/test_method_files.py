@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 from conftest import TINY
+from test_faults import FullDisk  # os.fdopen's stand-in whose write fails with ENOSPC
 
 from minilora import LoraConfig, init_lora, init_params
 from minilora.checkpoint import FORMAT, SaveError, save_adapter
@@ -259,24 +260,6 @@ def test_save_refuses_a_tree_that_is_not_the_setups(tmp_path):
     with pytest.raises(TypeError, match=r"setup must be a minilora.methods Setup"):
         save_method(tmp_path / "m.safetensors", setup.trainable, setup.trainable)
     assert list(tmp_path.iterdir()) == []
-
-
-class FullDisk:
-    """os.fdopen's stand-in whose write fails with ENOSPC."""
-
-    real = staticmethod(os.fdopen)
-
-    def __init__(self, fd, mode="rb"):
-        self.f = FullDisk.real(fd, mode)
-
-    def write(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
 
 
 def test_a_failed_save_keeps_the_old_file(saved, tmp_path, monkeypatch):
