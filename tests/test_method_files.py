@@ -274,3 +274,43 @@ def test_a_failed_save_keeps_the_old_file(saved, tmp_path, monkeypatch):
     assert err.value.errno == errno.ENOSPC
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
     assert bytes_equal(load_method(path, PARAMS)[1], trainable)
+
+
+# ---- what a loaded setup is good for -------------------------------------------------------------------------
+
+def test_a_loaded_setup_trains_on_from_the_files_values(saved):
+    from conftest import TinyLMTask
+
+    from minilora.train import TrainConfig, train
+
+    setup, trainable, path = saved["lora_fa"]
+    loaded, got = load_method(path, PARAMS)
+    result = train(TinyLMTask(length=16), PARAMS, TINY3, TrainConfig(steps=2, batch_size=2, lr=1e-2, warmup=0,
+                                                                       eval_every=0, checkpoint_every=0),
+                   method=loaded, progress=False)
+    assert result.opt_state["step"] == 2
+    assert bytes_equal(loaded.frozen["lora_A"], setup.frozen["lora_A"])  # A stayed frozen at the file's values
+    moved = flatten(result.trainable)
+    assert all(not np.array_equal(moved[k], v) for k, v in flatten(got).items())  # B went on from the file's
+
+
+def test_on_a_device_the_file_is_the_same_and_loads_onto_the_device(saved, tmp_path):
+    import fake_gpu
+
+    from minilora import backend
+
+    setup, trainable, path = saved["adapter_l"]
+    before = backend._xp
+    backend.register(fake_gpu)
+    try:
+        backend.use(fake_gpu)
+        d_params, d_trainable = backend.to_device((PARAMS, trainable))
+        d_setup = METHODS["adapter_l"].build(d_params, TINY3, seed=2, **OPTIONS["adapter_l"])
+        d_path = save_method(tmp_path / "dev.safetensors", d_setup, d_trainable)
+        assert d_path.read_bytes() == path.read_bytes()  # through to_host: the same bytes as on NumPy
+        loaded, got = load_method(d_path, d_params)
+        assert all(type(a) is fake_gpu.ndarray for a in flatten(got).values())
+        logits = backend.to_host(loaded.logits(got, backend.to_device(batch())))
+    finally:
+        backend._xp = before
+    assert logits.tobytes() == setup.logits(trainable, batch()).tobytes()
