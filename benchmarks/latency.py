@@ -39,15 +39,21 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="batch 1 and 8, T 32, 15 repetitions (< 30 s)")
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 1 32)")
     p.add_argument("--T", type=int, help="tokens per row (default 64; at most the context minus --l-p)")
-    p.add_argument("--reps", type=int, help="timed repetitions per batch size (default 60)")
+    p.add_argument("--reps", type=int, help="timed repetitions per batch size (default 400)")
     p.add_argument("--max-seconds", type=float,
-                   help="per batch size: stop the repetitions after this long (after 5; default 150)")
+                   help="per batch size: stop the repetitions after this long (after 5; default 120)")
+    p.add_argument("--min-ms", type=float, default=4.0,
+                   help="each timing runs enough forwards to last this many ms (default 4: about one forward at "
+                        "batch 1; short timings are less often cut by the scheduler on a busy machine)")
     p.add_argument("--r", type=int, default=8, help="LoRA rank on W_q, W_v (default 8)")
     p.add_argument("--adapter-r", type=int, default=8, help="the adapters' bottleneck width (default 8)")
     p.add_argument("--l-p", type=int, default=8, help="PreLayer's prefix length (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="OpenBLAS threads and minilora's element-wise pool (default: os.cpu_count())")
+    p.add_argument("--no-tune-malloc", action="store_true",
+                   help="skip minilora.backend.tune_malloc() (then the page faults of fresh allocations, which differ "
+                        "between the models, are timed too)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="which ratio the plot shows (the table and the JSON hold both)")
     p.add_argument("--json", metavar="PATH", help="where to write the results (default benchmarks/out/latency.json, "
@@ -57,8 +63,8 @@ def parse_args(argv=None):
     quick = args.quick
     args.batch = args.batch or ([1, 8] if quick else [1, 32])
     args.T = args.T or (32 if quick else 64)
-    args.reps = args.reps or (15 if quick else 60)
-    args.max_seconds = args.max_seconds or (6.0 if quick else 150.0)
+    args.reps = args.reps or (15 if quick else 400)
+    args.max_seconds = args.max_seconds or (6.0 if quick else 120.0)
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
     args.json = args.json or os.path.join(out, "latency_quick.json" if quick else "latency.json")
     args.plot = args.plot or os.path.splitext(args.json)[0] + ".png"
@@ -74,23 +80,26 @@ def _uptime() -> str:
 
 def run(args) -> dict:
     settings = {"r": args.r, "adapter_r": args.adapter_r, "l_p": args.l_p, "targets": ["wq", "wv"],
-                "threads": args.threads, "blas_threads": args.blas_threads, "pool_threads": backend.get_threads(),
+                "threads": args.threads, "blas_threads": args.blas_threads, "tune_malloc": args.tuned,
+                "pool_threads": backend.get_threads(),
                 "python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
                 "machine": platform.processor() or platform.machine(), "uptime_before": _uptime(),
                 "command": " ".join(["python", "benchmarks/latency.py"] + sys.argv[1:])}
-    print(f"BLAS threads {args.blas_threads}, minilora pool {settings['pool_threads']}; LoRA r={args.r} on wq, wv; "
+    print(f"BLAS threads {args.blas_threads}, minilora pool {settings['pool_threads']}, tune_malloc "
+          f"{'on' if args.tuned else 'off'}; LoRA r={args.r} on wq, wv; "
           f"adapters r={args.adapter_r}; PreLayer l_p={args.l_p}; T={args.T}; batches {args.batch}")
     print(f"uptime before: {settings['uptime_before']}", flush=True)
     models, config = latency.build_models(r=args.r, adapter_r=args.adapter_r, l_p=args.l_p, seed=args.seed)
     results = latency.measure(models, config, batches=tuple(args.batch), T=args.T, reps=args.reps,
                               max_seconds=args.max_seconds, seed=args.seed, settings=settings,
-                              min_seconds=0.01 if args.quick else 0.02, hook_reps=10 if args.quick else 40)
+                              min_seconds=args.min_ms / 1e3, hook_reps=10 if args.quick else 40)
     results["uptime_after"] = _uptime()
     return results
 
 
 def main(argv=None):
     args = parse_args(argv)
+    args.tuned = False if args.no_tune_malloc else backend.tune_malloc()
     args.blas_threads = set_blas_threads(args.threads)
     backend.set_threads(args.threads)
     start = time.perf_counter()
