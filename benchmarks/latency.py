@@ -55,7 +55,7 @@ def parse_args(argv=None):
                    help="skip minilora.backend.tune_malloc() (then the page faults of fresh allocations, which differ "
                         "between the models, are timed too)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="which ratio the plot shows (the table and the JSON hold both)")
+                   help="which ratio the plot and the summary show (the table and the JSON hold both)")
     p.add_argument("--json", metavar="PATH", help="where to write the results (default benchmarks/out/latency.json, "
                                                   "latency_quick.json with --quick)")
     p.add_argument("--plot", metavar="PATH", help="where to write the plot (default: the JSON's path, .png)")
@@ -106,7 +106,7 @@ def main(argv=None):
     results = run(args)
     print(f"merged vs unmerged LoRA logits: relative gap {results['lora_disagreement']:.1e} (checked before timing)")
     print(latency.table(results))
-    print(latency.summary(results))
+    print(latency.summary(results, key="cpu_vs_base" if args.clock == "cpu" else "vs_base"))
     for b in results["batches"]:
         warning = load_warning(b["load"])
         if warning:

@@ -266,6 +266,16 @@ def _seconds(fn) -> float:
     return time.perf_counter() - start
 
 
+def median_ci(num, den, level: float = 0.95, resamples: int = 2000) -> tuple[float, float]:
+    """A bootstrap confidence interval of the median per-repetition ratio num[i] / den[i] (fixed seed): how
+    precisely the median ratio is known, where p10-p90 says how much single repetitions scatter."""
+    n = min(len(num), len(den))
+    r = np.asarray(num[:n], dtype=np.float64) / np.asarray(den[:n], dtype=np.float64)  # (n,)
+    picks = np.random.default_rng(0).integers(0, n, (resamples, n))  # (resamples, n)
+    medians = np.median(r[picks], axis=1)  # (resamples,)
+    return float(np.quantile(medians, (1 - level) / 2)), float(np.quantile(medians, (1 + level) / 2))
+
+
 def measure_batch(models: dict, config, batch: int, T: int, *, reps: int = 30, max_seconds: float | None = None,
                   min_seconds: float = 0.02, rng: np.random.Generator, hook_reps: int = 20,
                   collect: bool = True) -> dict:
@@ -288,6 +298,7 @@ def measure_batch(models: dict, config, batch: int, T: int, *, reps: int = 30, m
         t, cpu, base = per_call[name]["t"], per_call[name]["cpu"], per_call["base"]
         rows[name] = {"ms": stats_ms(t), "cpu_ms": stats_ms(cpu),
                       "vs_base": paired_ratio(t, base["t"]), "cpu_vs_base": paired_ratio(cpu, base["cpu"]),
+                      "vs_base_ci": median_ci(t, base["t"]), "cpu_vs_base_ci": median_ci(cpu, base["cpu"]),
                       "min_vs_base": min(t) / min(base["t"]), "cpu_min_vs_base": min(cpu) / min(base["cpu"]),
                       "faults": float(np.median(per_call[name]["faults"]))}
     tiny = tokens[:1, :1]
@@ -371,18 +382,25 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def summary(results: dict) -> str:
-    """A few lines: merged LoRA and the adapters against the base per batch size, the paper's ratio beside, and
-    the fixed per-call cost that explains the batch-1 overhead (or its absence)."""
+def summary(results: dict, key: str = "vs_base") -> str:
+    """A few lines: every method against the base per batch size (key: "vs_base", wall time, or "cpu_vs_base"),
+    the paper's ratio beside, and the fixed per-call cost and the hooks' own time that explain the batch-1
+    overhead."""
     paper = {s["batch"]: s for s in PAPER_TABLE1["settings"]}
     lines = []
     for b in results["batches"]:
         m = b["models"]
         near = paper[min(paper, key=lambda k: abs(k - b["batch"]))]
-        parts = [f"{LABELS[n]} {_pct(m[n]['vs_base'])}" + (f" (paper, batch {near['batch']}: "
+        parts = [f"{LABELS[n]} {_pct(m[n][key])}" + (f" (paper, batch {near['batch']}: "
                                                           f"{100 * (near[n] - 1):+.1f}%)" if n in near else "")
                  for n in MODELS[1:]]
-        lines.append(f"batch {b['batch']} x T {b['T']} (base {m['base']['ms']['median']:.2f} ms): " + "; ".join(parts))
+        clock = "CPU time" if key.startswith("cpu") else "wall"
+        lines.append(f"batch {b['batch']} x T {b['T']} (base {m['base']['ms']['median']:.2f} ms, ratios in {clock}): "
+                     + "; ".join(parts))
+    for b in results["batches"]:
+        lo, hi = b["models"]["lora_merged"][key + "_ci"]
+        lines.append(f"batch {b['batch']}: merged LoRA / base = {b['models']['lora_merged'][key][0]:.3f}, 95% "
+                     f"confidence interval of that median [{lo:.3f}, {hi:.3f}] ({b['reps']} repetitions)")
     b1, ops_ = results["batches"][0], results["ops"]
     base_ms = b1["models"]["base"]["ms"]["min"]  # the least disturbed forward, as the hooks' times are
     for n in ("lora_unmerged", "adapter_l", "adapter_h"):
@@ -390,7 +408,8 @@ def summary(results: dict) -> str:
         lines.append(f"{LABELS[n]}: +{extra} op calls per forward; on a 1 x 1 input its additions take "
                      f"{fixed:.3f} ms ({1e3 * fixed / max(extra, 1):.1f} us per call) = {100 * fixed / base_ms:.1f}% "
                      f"of the base's fastest batch-{b1['batch']} forward ({base_ms:.2f} ms); at the measured shape "
-                     f"{at_shape:.3f} ms")
+                     f"{at_shape:.3f} ms = {100 * at_shape / base_ms:+.1f}% (measured: "
+                     f"{_pct(b1['models'][n]['cpu_vs_base'])} CPU time)")
     one = results["base_1x1_ms"]
     lines.append(f"the base's forward on one token takes {one:.2f} ms = {100 * one / base_ms:.0f}% of its fastest "
                  f"batch-{b1['batch']} x T {b1['T']} forward: the share of that forward which is fixed per-call cost "
@@ -434,4 +453,4 @@ def plot(results: dict, path=None, key: str = "vs_base"):
 
 __all__ = ["MODELS", "LABELS", "PAPER_TABLE1", "InferenceModel", "trained_looking", "build_models",
            "lora_disagreement", "count_ops", "model_ops", "record_hook_calls", "hook_ms", "calls_per_timing",
-           "fastest_ms", "measure_batch", "measure", "quick", "load_results", "table", "summary", "plot"]
+           "fastest_ms", "median_ci", "measure_batch", "measure", "quick", "load_results", "table", "summary", "plot"]

@@ -98,7 +98,7 @@ def test_measure_returns_the_table_structure(built, tmp_path):
             assert set(row["ms"]) == {"median", "p10", "p90", "min"} and len(row["vs_base"]) == 3
             assert row["ms"]["p10"] <= row["ms"]["median"] <= row["ms"]["p90"]
             assert row["vs_base"][1] <= row["vs_base"][0] <= row["vs_base"][2]
-        assert b["models"]["base"]["vs_base"] == (1.0, 1.0, 1.0)
+        assert b["models"]["base"]["vs_base"] == (1.0, 1.0, 1.0) and b["models"]["base"]["cpu_vs_base_ci"] == (1.0, 1.0)
     path = tmp_path / "latency.json"
     atomic_write_json(path, res)  # sorted keys, tuples become lists: what load_results reads
     loaded = latency.load_results(path)
@@ -107,6 +107,14 @@ def test_measure_returns_the_table_structure(built, tmp_path):
     assert "AdapterH" in latency.summary(loaded) and "paper" in latency.summary(loaded)
     latency.plot(loaded, tmp_path / "latency.png")
     assert (tmp_path / "latency.png").stat().st_size > 0
+
+
+def test_median_ci_brackets_the_median():
+    rng = np.random.default_rng(3)
+    den = rng.uniform(1, 2, 200)
+    num = den * rng.normal(1.05, 0.1, 200)
+    lo, hi = latency.median_ci(num, den)
+    assert lo < np.median(num / den) < hi and hi - lo < 0.06 and lo > 1.0
 
 
 def test_bad_arguments_are_named(built, tmp_path):
