@@ -18,8 +18,8 @@ To explain the overhead with measurements rather than words, it also reports per
 * ``count_ops``: the primitive calls (the CPU's analogue of the paper's kernel launches) and Python-level
   calls of one forward, and
 * ``hook_ms``: the time of the method's own additions alone (its hooks, replayed on the inputs they got
-  during a forward, minus the base's hooks on the same inputs), at the measured shape and on a (1, 1) input,
-  where nothing but the fixed per-call cost remains.
+  during a forward, minus the base's hooks on the same inputs; process CPU time), at the measured shape and on
+  a (1, 1) input, where nothing but the fixed per-call cost remains.
 
     models, config = build_models()                 # the shipped base, r = 8, l_p = 8
     results = measure(models, config, batches=(1, 32), T=64)
@@ -219,10 +219,12 @@ def record_hook_calls(model: InferenceModel, tokens, config) -> tuple[Hooks, lis
     return hooks, calls
 
 
-def hook_ms(model: InferenceModel, tokens, config, reps: int = 20) -> float:
-    """ms per forward that the model's hooks take beyond the base's hooks on the same inputs (the fastest of
-    ``reps`` interleaved replays of each; only the hooks the method changes are replayed): the time of the
-    method's own additions, without the rest of the forward."""
+def hook_ms(model: InferenceModel, tokens, config, reps: int = 20, clock: str = "cpu") -> float:
+    """ms per forward that the model's hooks take beyond the base's hooks on the same inputs: the time of the
+    method's own additions, without the rest of the forward. Only the hooks the method changes are replayed,
+    its own and the base's interleaved; the result is the median of the per-repetition differences (paired,
+    so the common part, such as the frozen W x inside LoRA's projection, cancels). clock: "cpu" (process CPU
+    time) or "wall"."""
     hooks, calls = record_hook_calls(model, tokens, config)
     calls = [(f, args) for f, args in calls if getattr(hooks, f) is not getattr(BASE_HOOKS, f)]  # the changed ones
     if not calls:
@@ -233,7 +235,8 @@ def hook_ms(model: InferenceModel, tokens, config, reps: int = 20) -> float:
 
     times = run_interleaved([("method", replay(hooks)), ("base", replay(BASE_HOOKS))], reps, warmup=2,
                             collect=False)  # a garbage collection inside a replay only slows one of many
-    return 1e3 * (min(times["method"]["t"]) - min(times["base"]["t"]))  # minima: the least disturbed replays
+    key = "cpu" if clock == "cpu" else "t"
+    return 1e3 * float(np.median(np.subtract(times["method"][key], times["base"][key])))
 
 
 # ---- timing -------------------------------------------------------------------------------------------------
@@ -382,6 +385,25 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: dict, clock: str = "cpu") -> str:
+    """The table as Markdown, for docs: per batch size and model, median ms [p10, p90], the paired ratio to the
+    base [p10, p90] with the 95% interval of its median, the ratio of minima, the hooks' own ms (at the shape;
+    on 1 x 1) and the added op calls. clock: "cpu" (process CPU time) or "wall"."""
+    ms_key, key = ("cpu_ms", "cpu_vs_base") if clock == "cpu" else ("ms", "vs_base")
+    lines = [f"| batch | model | {clock} ms median [p10, p90] | x base [p10, p90] | 95% CI of the median | "
+             "min / min | hooks ms | hooks ms, 1 x 1 | + op calls |", "|---|---|---|---|---|---|---|---|---|"]
+    for b in results["batches"]:
+        for name in _ordered(b["models"]):
+            row, ms = b["models"][name], b["models"][name][ms_key]
+            lo, hi = row[key + "_ci"]
+            lines.append(f"| {b['batch']} | {LABELS.get(name, name)} | {ms['median']:.2f} [{ms['p10']:.2f}, "
+                         f"{ms['p90']:.2f}] | **{row[key][0]:.3f}** [{row[key][1]:.3f}, {row[key][2]:.3f}] | "
+                         f"[{lo:.3f}, {hi:.3f}] | {row[('cpu_' if clock == 'cpu' else '') + 'min_vs_base']:.3f} | "
+                         f"{row.get('hook_ms', 0.0):.3f} | {row.get('hook_ms_1x1', 0.0):.3f} | "
+                         f"{results['ops'].get(name, {}).get('extra_op_calls', '')} |")
+    return "\n".join(lines)
+
+
 def summary(results: dict, key: str = "vs_base") -> str:
     """A few lines: every method against the base per batch size (key: "vs_base", wall time, or "cpu_vs_base"),
     the paper's ratio beside, and the fixed per-call cost and the hooks' own time that explain the batch-1
@@ -402,18 +424,17 @@ def summary(results: dict, key: str = "vs_base") -> str:
         lines.append(f"batch {b['batch']}: merged LoRA / base = {b['models']['lora_merged'][key][0]:.3f}, 95% "
                      f"confidence interval of that median [{lo:.3f}, {hi:.3f}] ({b['reps']} repetitions)")
     b1, ops_ = results["batches"][0], results["ops"]
-    base_ms = b1["models"]["base"]["ms"]["min"]  # the least disturbed forward, as the hooks' times are
+    base_cpu = b1["models"]["base"]["cpu_ms"]["median"]  # the hooks' times are medians of CPU time, too
     for n in ("lora_unmerged", "adapter_l", "adapter_h"):
         extra, fixed, at_shape = ops_[n]["extra_op_calls"], b1["models"][n]["hook_ms_1x1"], b1["models"][n]["hook_ms"]
         lines.append(f"{LABELS[n]}: +{extra} op calls per forward; on a 1 x 1 input its additions take "
-                     f"{fixed:.3f} ms ({1e3 * fixed / max(extra, 1):.1f} us per call) = {100 * fixed / base_ms:.1f}% "
-                     f"of the base's fastest batch-{b1['batch']} forward ({base_ms:.2f} ms); at the measured shape "
-                     f"{at_shape:.3f} ms = {100 * at_shape / base_ms:+.1f}% (measured: "
-                     f"{_pct(b1['models'][n]['cpu_vs_base'])} CPU time)")
-    one = results["base_1x1_ms"]
-    lines.append(f"the base's forward on one token takes {one:.2f} ms = {100 * one / base_ms:.0f}% of its fastest "
-                 f"batch-{b1['batch']} x T {b1['T']} forward: the share of that forward which is fixed per-call cost "
-                 "rather than arithmetic")
+                     f"{fixed:.3f} ms ({1e3 * fixed / max(extra, 1):.1f} us per call); at batch {b1['batch']} x T "
+                     f"{b1['T']} {at_shape:.3f} ms = {100 * at_shape / base_cpu:+.1f}% of the base's {base_cpu:.2f} "
+                     f"ms (measured: {_pct(b1['models'][n]['cpu_vs_base'])} CPU time)")
+    one, fastest = results["base_1x1_ms"], b1["models"]["base"]["ms"]["min"]
+    lines.append(f"the base's forward on one token takes {one:.2f} ms = {100 * one / fastest:.0f}% of its fastest "
+                 f"batch-{b1['batch']} x T {b1['T']} forward ({fastest:.2f} ms): the share of that forward which is "
+                 "fixed per-call cost rather than arithmetic")
     return "\n".join(lines)
 
 
@@ -453,4 +474,5 @@ def plot(results: dict, path=None, key: str = "vs_base"):
 
 __all__ = ["MODELS", "LABELS", "PAPER_TABLE1", "InferenceModel", "trained_looking", "build_models",
            "lora_disagreement", "count_ops", "model_ops", "record_hook_calls", "hook_ms", "calls_per_timing",
-           "fastest_ms", "median_ci", "measure_batch", "measure", "quick", "load_results", "table", "summary", "plot"]
+           "fastest_ms", "median_ci", "measure_batch", "measure", "quick", "load_results", "table", "markdown",
+           "summary", "plot"]

@@ -105,6 +105,8 @@ def test_measure_returns_the_table_structure(built, tmp_path):
     text = latency.table(loaded)
     assert text.index("LoRA merged") < text.index("AdapterH") < text.index("base at T + l_p")  # MODELS' order
     assert "AdapterH" in latency.summary(loaded) and "paper" in latency.summary(loaded)
+    md = latency.markdown(loaded)
+    assert md.count("\n") == 1 + len(res["batches"]) * (len(latency.MODELS) + 1) and "| 2 | PreLayer |" in md
     latency.plot(loaded, tmp_path / "latency.png")
     assert (tmp_path / "latency.png").stat().st_size > 0
 
