@@ -127,3 +127,21 @@ def test_bad_arguments_are_named(built, tmp_path):
         latency.build_models(config=TINY)
     with pytest.raises(ValueError, match="batch"):
         latency.measure(models, config, batches=(0,), T=4, reps=2)
+
+
+def test_the_benchmark_script_runs(monkeypatch):
+    """benchmarks/latency.py's run() on the shipped base at a tiny size (its thread and malloc settings, which
+    change the whole process, are left out: main() applies them)."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import latency as script  # benchmarks/latency.py
+
+    args = script.parse_args(["--quick", "--batch", "1", "--T", "4", "--reps", "2", "--min-ms", "0"])
+    args.blas_threads, args.tuned = None, False
+    monkeypatch.setattr(sys, "argv", ["latency.py"])
+    res = script.run(args)
+    assert res["settings"]["adapter_r"] == 8 and res["settings"]["T"] == 4 and "uptime_after" in res
+    assert [b["batch"] for b in res["batches"]] == [1] and res["batches"][0]["reps"] == 2
+    assert args.json.endswith("latency_quick.json") and args.plot.endswith("latency_quick.png")
