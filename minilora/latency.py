@@ -334,7 +334,11 @@ def measure(models: dict, config, batches=(1, 32), T: int = 64, *, reps: int = 3
 
 
 def quick(seed: int = 0) -> dict:
-    """A reduced run for a notebook (about 10-20 s): the shipped base, batch 1 and 8, T = 32, 15 repetitions."""
+    """A reduced run for a notebook (about 10-20 s): the shipped base, batch 1 and 8, T = 32, 15 repetitions.
+
+    Its ratios are rough (15 repetitions; ``load_results()`` holds the full run). On a shared machine set
+    OPENBLAS_NUM_THREADS=1 before numpy is imported and call ``backend.tune_malloc()`` first: threaded BLAS
+    stalls and the page faults of fresh allocations otherwise dominate the times (benchmarks/README.md)."""
     models, config = build_models(seed=seed)
     return measure(models, config, batches=(1, 8), T=32, reps=15, max_seconds=6.0, min_seconds=0.01, seed=seed,
                    hook_reps=10, settings={"r": 8, "adapter_r": 8, "l_p": 8, "targets": ["wq", "wv"]})
