@@ -45,7 +45,8 @@ def mode() -> str:
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of a table: a LoRA configuration (or full fine-tuning) and its learning-rate grid."""
+    """One row of a table: a LoRA configuration (or full fine-tuning, or any method of minilora.methods) and
+    its learning-rate grid."""
 
     label: str
     lrs: tuple[float, ...]
@@ -56,6 +57,14 @@ class Setting:
     init: str = "kaiming"
     use_rslora: bool = False
     method: str = "lora"
+    """"lora" (this Setting's targets, r, alpha, init, use_rslora), "full" (every parameter), or another name
+    of minilora.methods.METHODS, built with ``options`` (its targets, r, alpha, ... fields are then unused)."""
+    options: tuple = ()
+    """The METHODS method's options as (key, value) pairs (hashable: tuples for sequences); () for its defaults.
+    Left out of ``Sweep.describe`` when empty, so the descriptions of existing result files are unchanged."""
+
+    def method_options(self) -> dict:
+        return dict(self.options)
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,11 @@ class Sweep:
     the adapter itself, such as the size of ΔW, skip the held-out pass)."""
 
     def describe(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))  # tuples become lists, as in the saved file
+        out = asdict(self)
+        for setting in out["settings"]:
+            if not setting["options"]:
+                del setting["options"]  # a setting without options is described as before they existed
+        return json.loads(json.dumps(out))  # tuples become lists, as in the saved file
 
 
 # ---- tasks, built once per process -----------------------------------------------------------------------
@@ -126,8 +139,8 @@ class ClassMetricTask:
         T = int(b.w.nonzero()[1].max()) + 1
         return type(b)(b.x[:, :T], b.y[:, :T], b.w[:, :T])
 
-    def evaluate(self, params, config, lora=None, lora_config=None):
-        return self.inner.evaluate_class(params, config, lora, lora_config) if self.held_out else {}
+    def evaluate(self, params, config, lora=None, lora_config=None, model=None):
+        return self.inner.evaluate_class(params, config, lora, lora_config, model=model) if self.held_out else {}
 
 
 # ---- running ---------------------------------------------------------------------------------------------
@@ -152,6 +165,11 @@ def run_one(sweep: Sweep, setting: Setting, lr: float, seed: int) -> dict:
     try:
         if setting.method == "full":
             res = train(task, params, config, tc, method="full", progress=False)
+        elif setting.method != "lora":
+            from .methods import get_method
+
+            setup = get_method(setting.method).build(params, config, seed=seed, **setting.method_options())
+            res = train(task, params, config, tc, method=setup, progress=False)
         else:
             lc = LoraConfig(r=setting.r, alpha=setting.alpha, targets=setting.targets, init=setting.init,
                             use_rslora=setting.use_rslora)
