@@ -127,7 +127,7 @@ def _overwrite_flag(p):
 
 def _inspect_flags(p, nonfinite: bool = True):
     p.add_argument("--allow-base-mismatch", action="store_true",
-                   help="use an adapter even if it records another base than the one given")
+                   help="use an adapter (or method file) even if it records another base than the one given")
     if nonfinite:
         p.add_argument("--allow-nonfinite", action="store_true",
                        help="load files holding NaN/inf values (to inspect a broken file; refused otherwise)")
@@ -216,11 +216,12 @@ def _model(args, console: Console):
     return base, model, lora, lcfg
 
 
-def _task(name, params, config, seed=0):
+def _task(name, params, config, seed=0, room: int = 0):
+    """The task; ``room``: positions of the context left free for a method's virtual tokens (prefix tuning)."""
     from .tasks import DocModuleTask, RankShiftTask
 
     if name == "docmodule":
-        return DocModuleTask(context=config.context)
+        return DocModuleTask(context=config.context - room)
     if name == "rankshift":
         return RankShiftTask(params, config, seed=seed)
     raise ValueError(f"--task must be 'docmodule' or 'rankshift', got {name!r}")
@@ -310,23 +311,40 @@ def cmd_pretrain(args, console):
 
 # ---- finetune --------------------------------------------------------------------------------------------------
 
+FINETUNE_METHODS = ["lora", "full", "ft", "ft_top2", "bitfit", "preembed", "prelayer", "adapter_h", "adapter_l",
+                    "lora_plus", "lora_fa"]
+"""finetune --method: lora and full as always, and every other method of minilora.methods.METHODS by name."""
+
+METHOD_FLAGS = {
+    "--l-p": ("l_p", int, "prefix virtual tokens of preembed, prelayer (default: 8)"),
+    "--l-i": ("l_i", int, "infix virtual tokens of preembed, prelayer (default: 0)"),
+    "--ratio": ("ratio", float, "lora_plus: B's learning rate over A's (default: 16.0)"),
+}
+"""finetune flags that only some methods take: {flag: (option, type, help)}; refused by the others."""
+
+
 def _finetune_flags(p):
     from .lora import INITS
 
     _base_flag(p)
-    p.add_argument("--method", choices=["lora", "full"], default="lora", help="train an adapter, or every weight")
+    p.add_argument("--method", choices=FINETUNE_METHODS, default="lora",
+                   help="lora: train an adapter (adapter.safetensors); full: every weight (params.safetensors); "
+                        "any other name: that method of minilora.methods (the paper's comparison), saved as "
+                        "method.safetensors")
     p.add_argument("--task", choices=["docmodule", "rankshift"], default="docmodule", help="the downstream task")
-    p.add_argument("--r", type=int, default=8, help="LoRA rank")
+    p.add_argument("--r", type=int, default=8, help="LoRA rank (and the bottleneck of adapter_h, adapter_l)")
     p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha: the update is scaled by alpha/r")
     p.add_argument("--targets", default="wq,wv", help="comma-separated subset of wq,wk,wv,wo,mlp_in,mlp_out")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout on the adapter's input, while training")
     p.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
     p.add_argument("--init", choices=list(INITS), default="gaussian", help="initialisation of A (B starts at 0)")
+    for flag, (key, kind, text) in METHOD_FLAGS.items():
+        p.add_argument(flag, dest=key, type=kind, default=None, help=text)
     _training_flags(p, steps=300, lr=2e-3, warmup=20, every=100)
     p.add_argument("--resume", default=None, help="a train_state.safetensors to continue from (default: start afresh)")
     p.add_argument("--out", default="runs/finetune",
-                   help="output folder: adapter.safetensors or params.safetensors, train_state.safetensors, "
-                        "metrics.json")
+                   help="output folder: adapter.safetensors, params.safetensors or method.safetensors, "
+                        "train_state.safetensors, metrics.json")
     _overwrite_flag(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of text")
 
@@ -338,16 +356,23 @@ def _lora_config(args):
                       dropout=args.dropout, use_rslora=args.rslora, init=args.init)
 
 
-@subcommand("finetune", "fine-tune the base model with LoRA or fully on a downstream task",
+@subcommand("finetune", "fine-tune the base model with LoRA, fully, or by another method on a downstream task",
             "Fine-tune --base (default: the shipped base) on --task, with a LoRA adapter (--method lora: only A "
-            "and B are trained, the base stays frozen) or every weight (--method full). Every output path is "
-            "checked before the first step; existing outputs need --overwrite. Prints a summary.", _finetune_flags)
+            "and B are trained, the base stays frozen), every weight (--method full), or any other method of the "
+            "paper's comparison (--method ft, ft_top2, bitfit, preembed, prelayer, adapter_h, adapter_l, "
+            "lora_plus, lora_fa: a method file holding what it trained, read by 'eval --method-file'). Every "
+            "output path is checked before the first step; existing outputs need --overwrite. Prints a summary.",
+            _finetune_flags)
 def cmd_finetune(args, console):
     from .checkpoint import atomic_write_json
     from .lora import init_lora
     from .paths import check_inputs, check_outputs
     from .train import train
 
+    if args.method not in ("lora", "full"):
+        return _finetune_method(args, console)
+    _refuse_method_flags(args, "--method lora (r, alpha, targets, ...)" if args.method == "lora" else
+                         "--method full", {})
     tc = _train_config(args)
     lcfg = _lora_config(args) if args.method == "lora" else None
     out = Path(args.out)
@@ -369,7 +394,70 @@ def cmd_finetune(args, console):
     base_metrics = task.evaluate(base.params, base.config)
     summary = _finetune_summary(args, result, path, state, base_metrics, getattr(task, "chance", None), seconds)
     atomic_write_json(out / "metrics.json", {**summary, "history": result.history, "evals": result.evals})
-    console.out(json.dumps(summary, indent=2) if args.json else _finetune_text(summary, lcfg, base))
+    what = _describe_lora(lcfg) if lcfg else "full fine-tuning of every weight"
+    console.out(json.dumps(summary, indent=2) if args.json else _finetune_text(summary, what, base))
+
+
+def _refuse_method_flags(args, what: str, accepted) -> None:
+    """A METHOD_FLAGS flag given to a method whose options do not include it is an error, not ignored."""
+    from .methods import METHODS
+
+    for flag, (key, _, _) in METHOD_FLAGS.items():
+        if getattr(args, key) is not None and key not in accepted:
+            takers = ", ".join(name for name, m in METHODS.items() if key in m.defaults)
+            raise ValueError(f"{flag} is not an option of {what}; it is for --method {takers}")
+
+
+def _method_options(args, method) -> dict:
+    """The options of ``method`` that the flags give (the others keep the method's defaults)."""
+    _refuse_method_flags(args, f"--method {method.name} (its options: {sorted(method.defaults) or 'none'})",
+                         method.defaults)
+    given = {"r": args.r, "alpha": args.alpha, "targets": [t.strip() for t in args.targets.split(",")],
+             "dropout": args.dropout, "use_rslora": args.rslora, "init": args.init,
+             **{key: getattr(args, key) for key, _, _ in METHOD_FLAGS.values()}}
+    return {k: v for k, v in given.items() if k in method.defaults and v is not None}
+
+
+def _finetune_method(args, console):
+    """finetune --method NAME for a method of minilora.methods: trains setup.trainable, writes a method file."""
+    from .checkpoint import atomic_write_json
+    from .methods import METHODS, save_method
+    from .paths import check_inputs, check_outputs
+    from .train import train
+
+    method = METHODS[args.method]
+    tc = _train_config(args)
+    options = _method_options(args, method)
+    out = Path(args.out)
+    trained_file, state = out / "method.safetensors", out / "train_state.safetensors"
+    check_inputs({"--base": args.base, "--resume": args.resume})
+    check_outputs({"the method file (in --out)": trained_file, "the training state (in --out)": state,
+                   "the metrics (in --out)": out / "metrics.json"},
+                  {"--base": args.base, "--resume (the state resumed from)": args.resume},
+                  overwrite=args.overwrite, may_exist=[args.resume])
+    base = _load_base(args)
+    setup = method.build(base.params, base.config, seed=args.seed, **options)  # checks the options on this base
+    task = _task(args.task, base.params, base.config, args.seed, _virtual_room(setup))
+    t0 = time.time()
+    result = train(task, base.params, base.config, tc, method=setup, checkpoint=state, resume=args.resume,
+                   progress=console.progress)
+    seconds = time.time() - t0
+    path = save_method(trained_file, setup, result.trainable)
+    base_metrics = task.evaluate(base.params, base.config)
+    summary = {**_finetune_summary(args, result, path, state, base_metrics, getattr(task, "chance", None), seconds),
+               "options": setup.json_options(), "paper_count": setup.paper_count()}
+    atomic_write_json(out / "metrics.json", {**summary, "history": result.history, "evals": result.evals})
+    console.out(json.dumps(summary, indent=2) if args.json else _finetune_text(summary, _describe_method(setup), base))
+
+
+def _virtual_room(setup) -> int:
+    """l_p + l_i for prefix tuning (its virtual tokens lengthen every sequence), else 0."""
+    return int(setup.options.get("l_p", 0)) + int(setup.options.get("l_i", 0))
+
+
+def _describe_method(setup) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in setup.json_options().items())
+    return f"{setup.method.label} ({setup.method.trains}{'; ' + options if options else ''})"
 
 
 def _save_finetuned(path, trainable, lcfg, base: Loaded, task_name):
@@ -386,29 +474,29 @@ def _finetune_summary(args, result, path, state, base_metrics, chance, seconds) 
     losses = [h["loss"] for h in result.history]
     return {"method": args.method, "task": args.task, "trainable_params": count_params(result.trainable),
             "file": str(path), "file_bytes": path.stat().st_size, "train_state": str(state),
-            "final": result.evals[-1], "base": base_metrics, "chance": chance,
+            "final": result.evals[-1] if result.evals else None, "base": base_metrics, "chance": chance,
             "train_loss_first_last": [float(np.mean(losses[:10])), float(np.mean(losses[-10:]))],
             "steps": result.opt_state["step"], "seconds": round(seconds, 1),
             "seconds_per_step": result.seconds_per_step}
 
 
-def _finetune_text(s: dict, lcfg, base: Loaded) -> str:
+def _finetune_text(s: dict, what: str, base: Loaded) -> str:
     from .lora import count_params
 
     total = count_params(base.params)
-    what = _describe_lora(lcfg) if lcfg else "full fine-tuning of every weight"
     first, last = s["train_loss_first_last"]
     lines = [
         f"fine-tuned  {what} of {base.label}",
         f"trained     {s['trainable_params']:,} parameters ({100 * s['trainable_params'] / total:.2f}% of "
         f"{total:,}) for {s['steps']} steps on {s['task']}; train loss {first:.3f} -> {last:.3f} "
         "(mean of the first / last 10 steps)",
-        f"held out    {_scores(s['final'], s['base'], s['chance'])}",
+        f"held out    {_scores(s['final'], s['base'], s['chance'])}" if s["final"] is not None else
+        f"held out    not evaluated: this task's evaluate cannot run {s['method']} (it needs the method's hooks)",
         f"time        {s['seconds']:.1f} s, {1e3 * s['seconds_per_step']:.0f} ms per step (median)",
         f"wrote       {s['file']} ({s['file_bytes'] / 1e3:.1f} kB), {s['train_state']}, "
         f"{Path(s['file']).parent / 'metrics.json'}",
     ]
-    below = _below_chance(s["final"], s["chance"])
+    below = s["final"] is not None and _below_chance(s["final"], s["chance"])
     return "\n".join(lines + ([below] if below else []))
 
 
@@ -419,23 +507,30 @@ def _eval_flags(p):
     p.add_argument("--adapter", default=None, help="a minilora adapter to apply (default: none)")
     p.add_argument("--params", default=None,
                    help="fine-tuned or merged parameters to evaluate instead of the base (default: the base)")
+    p.add_argument("--method-file", default=None,
+                   help="a method file (finetune --method NAME: method.safetensors) to evaluate on --base "
+                        "(default: none; not with --adapter or --params)")
     p.add_argument("--task", choices=["docmodule", "rankshift"], default="docmodule", help="the task to evaluate on")
     p.add_argument("--seed", type=int, default=0, help="seed of the rankshift task's teacher")
     _inspect_flags(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
 
 
-@subcommand("eval", "evaluate the base model, an adapter, or fine-tuned parameters on a task",
-            "Evaluate --params (default: the base) with --adapter (default: none) on the held-out split of "
-            "--task, and print what was evaluated (files and fingerprints), the score beside the base model's "
-            "and chance. An adapter made for another base, or already merged into --params, is refused.",
+@subcommand("eval", "evaluate the base model, an adapter, fine-tuned parameters or a method file on a task",
+            "Evaluate --params (default: the base) with --adapter (default: none), or a --method-file on the "
+            "base, on the held-out split of --task, and print what was evaluated (files and fingerprints), the "
+            "score beside the base model's and chance. An adapter or method file made for another base, or an "
+            "adapter already merged into --params, is refused.",
             _eval_flags)
 def cmd_eval(args, console):
     from .config import whole_number
     from .paths import check_inputs
 
-    check_inputs({"--base": args.base, "--params": args.params, "--adapter": args.adapter})
+    check_inputs({"--base": args.base, "--params": args.params, "--adapter": args.adapter,
+                  "--method-file": args.method_file})
     whole_number("", "--seed", args.seed)
+    if args.method_file:
+        return _eval_method_file(args, console)
     base, model, lora, lcfg = _model(args, console)
     task = _task(args.task, base.params, base.config, args.seed)
     metrics = task.evaluate(model.params, model.config, lora, lcfg)
@@ -448,13 +543,43 @@ def cmd_eval(args, console):
               "n": metrics.get("n"), "base": {"file": base.label, "sha256": base.fingerprint},
               "params": None if model is base else {"file": model.label, "sha256": model.fingerprint},
               "adapter": None if lora is None else {"file": str(args.adapter), "lora_config": lcfg.to_dict()},
-              "metrics": metrics, "base_metrics": base_metrics, "chance": chance,
+              "method_file": None, "metrics": metrics, "base_metrics": base_metrics, "chance": chance,
               "below_chance": _below_chance(metrics, chance) is not None}
     console.out(json.dumps(report, indent=2) if args.json else _eval_text(report, model, lcfg, same))
 
 
-def _eval_text(r: dict, model: Loaded, lcfg, same: bool) -> str:
-    what = model.label if lcfg is None else f"adapter {r['adapter']['file']} ({_describe_lora(lcfg)}) on {model.label}"
+def _eval_method_file(args, console):
+    """eval --method-file PATH: the method file rebuilt on --base (methods.load_method), scored beside the base."""
+    from .methods import load_method
+    from .train import _evaluate
+
+    given = [flag for flag, value in (("--adapter", args.adapter), ("--params", args.params)) if value]
+    if given:
+        raise ValueError(f"--method-file cannot be combined with {' or '.join(given)}: a method file is "
+                         "evaluated on the base it was trained on (--base)")
+    base = _load_base(args)
+    setup, trainable = load_method(args.method_file, base.params, base.config,
+                                   allow_base_mismatch=args.allow_base_mismatch, allow_nonfinite=args.allow_nonfinite)
+    task = _task(args.task, base.params, base.config, args.seed, _virtual_room(setup))
+    metrics = _evaluate(task, base.params, base.config, setup, trainable, None)
+    if metrics is None:
+        raise ValueError(f"--method-file {args.method_file}: the {args.task} task's evaluate cannot run "
+                         f"{setup.method.label} (it needs the method's hooks)")
+    chance = getattr(task, "chance", None)
+    report = {"task": args.task, "description": task.description, "split": task.eval_split,
+              "n": metrics.get("n"), "base": {"file": base.label, "sha256": base.fingerprint}, "params": None,
+              "adapter": None, "method_file": {"file": str(args.method_file), "method": setup.method.name,
+                                               "options": setup.json_options()},
+              "metrics": metrics, "base_metrics": task.evaluate(base.params, base.config), "chance": chance,
+              "below_chance": _below_chance(metrics, chance) is not None}
+    what = f"method file {args.method_file} ({_describe_method(setup)}) on {base.label}"
+    console.out(json.dumps(report, indent=2) if args.json else _eval_text(report, base, None, False, what))
+
+
+def _eval_text(r: dict, model: Loaded, lcfg, same: bool, what: str | None = None) -> str:
+    if what is None:
+        what = (model.label if lcfg is None else
+                f"adapter {r['adapter']['file']} ({_describe_lora(lcfg)}) on {model.label}")
     n = f", n = {r['n']}" if r["n"] is not None else ""
     lines = [f"evaluated  {what}", f"task       {r['task']}: {r['description']}; {r['split']}{n}"]
     keys = [k for k in r["metrics"] if k != "n"]

@@ -17,7 +17,7 @@ import pytest
 import minilora.checkpoint as ckpt
 from minilora import GPTConfig, init_params, merge
 from minilora.checkpoint import load_adapter, load_params, save_params
-from minilora.cli import main
+from minilora.cli import FINETUNE_METHODS, main
 from minilora.provenance import fingerprint
 from minilora.tree import flatten
 
@@ -405,3 +405,98 @@ def test_golden_command(tmp_path, capsys):
     assert code == 0 and (tmp_path / "g" / "index.json").read_bytes() == before  # deterministic
     code, out, err = run(capsys, "golden", tmp_path / "g" / "index.json")
     assert code == 2 and "is not a folder" in err
+
+
+# ---- finetune --method NAME (every method of minilora.methods) and eval --method-file -------------------------
+
+METHOD_RUNS = [m for m in FINETUNE_METHODS if m not in ("lora", "full")]
+
+
+def test_finetune_offers_every_method():
+    from minilora.methods import METHODS
+
+    assert FINETUNE_METHODS == ["lora", "full"] + [m for m in METHODS if m != "lora"]
+
+
+@pytest.mark.parametrize("name", METHOD_RUNS)
+def test_finetune_any_method_writes_a_method_file_that_eval_reads(small_base, tmp_path, capsys, name):
+    from minilora.methods import load_method
+
+    code, out, err = run(capsys, "finetune", "--base", small_base, "--method", name, "--r", 2, "--steps", 2,
+                         "--batch-size", 2, "--eval-every", 0, "--out", tmp_path, "--json", "--no-progress")
+    assert code == 0, err
+    summary = json.loads(out)
+    path = tmp_path / "method.safetensors"
+    assert summary["file"] == str(path) and summary["file_bytes"] == path.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["method.safetensors", "metrics.json",
+                                                          "train_state.safetensors"]
+    params, config = load_params(small_base)
+    setup, trainable = load_method(path, params, config)
+    assert setup.method.name == name and setup.json_options() == summary["options"]
+    assert setup.trainable_count() == summary["trainable_params"] == summary["paper_count"]
+    if name in ("adapter_h", "adapter_l", "lora_plus", "lora_fa"):
+        assert setup.options["r"] == 2  # --r reaches every method that has a rank
+    code, out, err = run(capsys, "eval", "--base", small_base, "--method-file", path, "--json")
+    if summary["final"] is None:  # the tasks' evaluate cannot run this method's hooks: eval says so
+        assert code == 2 and "cannot run" in err and setup.method.task_model is None, err
+    else:  # the file, rebuilt on the base, scores exactly what the run scored at its end
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["metrics"] == {k: v for k, v in summary["final"].items() if k != "step"}
+        assert report["method_file"] == {"file": str(path), "method": name, "options": summary["options"]}
+        assert report["base_metrics"] == summary["base"]
+
+
+def test_finetune_method_text_summary_and_eval_text(small_base, tmp_path, capsys):
+    code, out, err = run(capsys, "finetune", "--base", small_base, "--method", "lora_fa", "--r", 2, "--steps", 2,
+                         "--batch-size", 2, "--eval-every", 0, "--out", tmp_path, "--no-progress")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("fine-tuned  LoRA-FA (B of every adapted matrix (A frozen at init); r=2, ")
+    assert lines[1].startswith("trained     128 parameters (1.20% of 10,624) for 2 steps on docmodule")
+    assert lines[4].startswith(f"wrote       {tmp_path / 'method.safetensors'} (")
+    code, out, err = run(capsys, "eval", "--base", small_base, "--method-file", tmp_path / "method.safetensors")
+    assert code == 0, err
+    assert out.startswith(f"evaluated  method file {tmp_path / 'method.safetensors'} (LoRA-FA (")
+    assert [line.split()[0] for line in out.splitlines()[3:6]] == ["this", "base", "chance"]
+
+
+def test_prefix_methods_leave_room_for_their_virtual_tokens(small_base, tmp_path, capsys):
+    code, out, err = run(capsys, "finetune", "--base", small_base, "--method", "prelayer", "--l-p", 4, "--l-i", 2,
+                         "--steps", 1, "--batch-size", 2, "--eval-every", 0, "--out", tmp_path, "--json")
+    assert code == 0, err
+    assert json.loads(out)["options"] == {"l_p": 4, "l_i": 2} and json.loads(out)["trainable_params"] == 2 * 16 * 6
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "lora", "--l-p", 4], "--l-p is not an option of --method lora (r, alpha, targets, ...); it is "
+                                       "for --method preembed, prelayer"),
+    (["--method", "full", "--ratio", 4], "--ratio is not an option of --method full; it is for --method lora_plus"),
+    (["--method", "adapter_h", "--l-i", 1], "--l-i is not an option of --method adapter_h (its options: ['r'])"),
+    (["--method", "adapter_l", "--r", 0], "AdapterL.r"),
+    (["--method", "lora_plus", "--ratio", -1], "ratio"),
+])
+def test_finetune_method_bad_arguments_exit_2(small_base, tmp_path, capsys, argv, message):
+    code, out, err = run(capsys, "finetune", "--base", small_base, *argv, "--steps", 1, "--out", tmp_path)
+    assert code == 2 and message in err and out == "", err
+    assert not (tmp_path / "method.safetensors").exists()
+
+
+def test_eval_method_file_refusals(small_base, fake_base, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run(capsys, "finetune", "--base", small_base, "--method", "bitfit", "--steps", 1, "--batch-size", 2,
+               "--eval-every", 0, "--out", run_dir)[0] == 0
+    path = run_dir / "method.safetensors"
+    config = load_params(small_base)[1]
+    other = save_params(tmp_path / "other.safetensors", init_params(config, 1), config)  # same shapes, other values
+    code, _, err = run(capsys, "eval", "--base", other, "--method-file", path)
+    assert code == 2 and f"method file {path} was made from base parameters with fingerprint" in err
+    assert run(capsys, "eval", "--base", other, "--method-file", path, "--allow-base-mismatch")[0] == 0
+    code, _, err = run(capsys, "eval", "--base", fake_base, "--method-file", path)
+    assert code == 2 and f"method file {path} was saved for GPTConfig(" in err and "differs from the config" in err
+    code, _, err = run(capsys, "eval", "--base", small_base, "--method-file", path, "--params", small_base)
+    assert code == 2 and "--method-file cannot be combined with --params" in err
+    code, _, err = run(capsys, "eval", "--base", small_base, "--method-file", small_base)
+    assert code == 2 and "holds a minilora 'params', expected a 'method'" in err
+    code, _, err = run(capsys, "eval", "--base", small_base, "--method-file", tmp_path / "missing.safetensors")
+    assert code == 2 and "--method-file: " in err and "does not exist" in err

@@ -11,6 +11,7 @@ from .adapter_h import ADAPTER_H
 from .adapter_l import ADAPTER_L
 from .base import Method, Setup, join, split
 from .bitfit import BITFIT
+from .files import load_method, save_method
 from .finetune import FT, FT_TOP2
 from .lora import LORA, LORA_PLUS
 from .lora_fa import LORA_FA
@@ -28,4 +29,4 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Method", "Setup", "get_method", "join", "split"]
+__all__ = ["METHODS", "Method", "Setup", "get_method", "join", "load_method", "save_method", "split"]

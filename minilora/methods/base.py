@@ -35,7 +35,8 @@ class Method:
     formula: str
     """The paper's trainable-parameter count |Θ|, as text (L̂ and the like defined for this method)."""
     file_holds: str
-    """What a saved file of this method holds (the trainable tree; the base is never saved again)."""
+    """What a saved file of this method holds (methods.files.save_method: the trainable tree, and the frozen
+    parts named in ``owned_frozen``; the base is never saved again)."""
     defaults: dict
     """Its options and their defaults; ``build`` accepts exactly these keyword arguments."""
     init: Callable
@@ -53,6 +54,11 @@ class Method:
     """task_model(trainable, frozen, options) -> (params, lora, lora_config) for ``task.evaluate``, when the
     method can be written as base parameters (and a LoRA adapter); None for methods that need hooks the
     tasks' evaluate does not take (adapters, prefix tuning)."""
+    owned_frozen: tuple = ()
+    """Keys of the frozen tree that the method owns rather than the base (drawn at ``init``, never trained):
+    a saved file (methods.files.save_method) holds them beside the trainable tree, under their frozen-tree
+    paths, so loading does not depend on drawing them again. LoRA-FA: ("lora_A",). Empty for every method
+    whose frozen tree is (a part of) the base."""
 
     def options(self, **given) -> dict:
         """The defaults updated with ``given``; an unknown option is an error that lists the known ones."""

@@ -36,8 +36,9 @@ def _fa_count(config, options) -> int:
 LORA_FA = Method(
     name="lora_fa", label="LoRA-FA", trains="B of every adapted matrix (A frozen at init)",
     formula="L̂ d r, L̂ = adapted matrices (layers × targets)",
-    file_holds='{"blocks": [{target: {"B": (d_out, r)}}, ...]}; A is re-drawn from the seed (or saved with it)',
-    defaults=dict(LORA_DEFAULTS), init=_fa_init, apply=_fa_apply, paper_count=_fa_count,
+    file_holds='{"blocks": [{target: {"B": (d_out, r)}}, ...]}, and the frozen random A beside it '
+               '("lora_A.blocks.i.target.A": it is not part of the base)',
+    defaults=dict(LORA_DEFAULTS), init=_fa_init, apply=_fa_apply, paper_count=_fa_count, owned_frozen=("lora_A",),
     task_model=lambda trainable, frozen, options: (frozen["params"], _fa_lora(trainable, frozen),
                                                    lora_config_of(options)),
 )
