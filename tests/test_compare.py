@@ -125,3 +125,15 @@ def test_compare_refuses_bad_arguments_in_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["compare", "--quick", "--out", str(tmp_path / "file")]) == 2
     assert not list(tmp_path.glob("compare-*"))
+
+
+def test_committed_runs_of_identical_settings_are_reused_and_only_those():
+    from minilora.compare import reuse_committed
+
+    full, data = comparison("corpus4"), {"runs": {}}
+    assert reuse_committed(full, data) == 10  # LoRA r=8 {W_q, W_v} and FT: 3 lrs on seed 0 + 2 seeds each
+    committed = json.loads(results_path("corpus4-wq,wv").read_text())["runs"]
+    assert {k: v for k, v in data["runs"]["LoRA|0.01|2"].items() if k != "reused_from"} == committed["wq,wv r=8|0.01|2"]
+    assert {k.split("|")[0] for k in data["runs"]} == {"LoRA", "FT"}
+    assert reuse_committed(comparison("corpus4", quick=True), {"runs": {}}) == 0  # another budget
+    assert reuse_committed(full, data) == 0  # nothing copied twice
