@@ -80,6 +80,9 @@ BUDGET = {"steps": 250, "batch_size": 8, "warmup": 20, "eval_every": 84, "seeds"
 """The full run's budget: the corpus4 sweep's (sweeps._group)."""
 QUICK = {"steps": 6, "batch_size": 8, "warmup": 2, "eval_every": 3, "seeds": (0, 1)}
 """The quick run: a few steps at the middle of each grid, two seeds (a smoke test of the whole pipeline)."""
+# The BLAS thread settings (cli.THREAD_VARS) are recorded with the measurements: on the loaded 2-core machine
+# OPENBLAS_NUM_THREADS=1 made a LoRA training step about 4x faster in wall time (268 ms against 1116 ms at load
+# ~8: BLAS threads spin against other processes), so the full run was made with it.
 TIMING = {"full": {"reps": 20, "max_seconds": 90.0}, "quick": {"reps": 3, "max_seconds": 10.0}}
 
 
@@ -183,6 +186,7 @@ def file_bytes(setup) -> int:
 def measure(task: str, names, quick: bool = False, log=None) -> dict:
     """{"methods": {name: {trainable, paper_count, step_ms, step_vs_lora, peak_bytes, file_bytes}}, "load": ...}
     on one batch of ``task`` (seed 0, step 0). LoRA is always timed: it is the reference of the ratios."""
+    from .cli import THREAD_VARS
     from .experiments import _base, get_task
     from .timing import CpuMonitor, paired_ratio, run_interleaved, stats_ms
 
@@ -204,8 +208,8 @@ def measure(task: str, names, quick: bool = False, log=None) -> dict:
         if log is not None:
             log(f"{n:<10} step {out[n]['step_ms']['median']:.1f} ms ({ratio[0]:.2f}x LoRA), peak "
                 f"{out[n]['peak_bytes'] / 2**20:.1f} MiB, file {out[n]['file_bytes']:,} B")
-    return {"methods": out, "usage": usage, "batch_shape": list(batch.x.shape),
-            "loadavg": list(os.getloadavg())}
+    return {"methods": out, "usage": usage, "batch_shape": list(batch.x.shape), "loadavg": list(os.getloadavg()),
+            "threads": {var: os.environ.get(var) for var in THREAD_VARS}}
 
 
 # ---- running and reading ------------------------------------------------------------------------------------
@@ -340,7 +344,9 @@ def markdown(sweep: Sweep, data: dict) -> str:
     lines += ["", f"Step times: one training step (value_and_grad + clip + AdamW) on one batch {m['batch_shape']}, "
               f"the methods interleaved, {m['methods']['lora']['reps']} repetitions; other processes used "
               f"{usage['others_cpus']:.2f} of {usage['cpus']} CPUs meanwhile, load average "
-              f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}. Peak memory: tracemalloc's peak during one step "
+              f"{', '.join(f'{x:.2f}' for x in m['loadavg'])}; BLAS threads "
+              f"{', '.join(f'{k}={v}' for k, v in m.get('threads', {}).items() if v) or 'as the library chose'}. "
+              "Peak memory: tracemalloc's peak during one step "
               "above what existed before it (arrays the step creates: kept activations, gradients, new moments; "
               "not the base, the trainable tree or BLAS's buffers). File: methods.save_method of the trainable "
               f"tree. Training: {data.get('wall_seconds', 0) / 60:.0f} min wall over {len(data['runs'])} runs, "
