@@ -202,8 +202,9 @@ def _delta_sizes(params, lora, scale) -> dict:
 
 def _load(path: Path, sweep: Sweep) -> dict | None:
     """The saved results of ``sweep``, or None. A file made for the same budget and task but other settings is
-    reused for the settings the two share, unchanged (so a setting can be added or dropped without re-running
-    the others): its runs of other settings are dropped."""
+    reused for the settings the two share, unchanged but for their learning-rate grid (so a setting can be
+    added or dropped, or its grid extended, without re-running the others): its runs of other settings, and of
+    learning rates no longer in a setting's grid, are dropped."""
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
@@ -214,10 +215,15 @@ def _load(path: Path, sweep: Sweep) -> dict | None:
         {k: v for k, v in new.items() if k not in ("settings", "name")}
     if not same_budget:
         return None
-    kept = {s["label"] for s in old.get("settings", [])} & {s["label"] for s in new["settings"]}
-    kept = {label for label in kept if next(s for s in old["settings"] if s["label"] == label) ==
-            next(s for s in new["settings"] if s["label"] == label)}
-    runs = {k: v for k, v in data["runs"].items() if k.split("|")[0] in kept}
+    old_s = {s["label"]: s for s in old.get("settings", [])}
+    new_s = {s["label"]: s for s in new["settings"]}
+
+    def but_grid(s):
+        return {k: v for k, v in s.items() if k != "lrs"}
+
+    kept = {label: {f"{lr:g}" for lr in new_s[label]["lrs"]} for label in old_s.keys() & new_s.keys()
+            if but_grid(old_s[label]) == but_grid(new_s[label])}  # {label: the lrs of its new grid, as keys}
+    runs = {k: v for k, v in data["runs"].items() if k.split("|")[1] in kept.get(k.split("|")[0], ())}
     return {"sweep": new, "runs": runs, "seconds": sum(r["seconds"] for r in runs.values()),
             "wall_seconds": data.get("wall_seconds", 0.0), "load_average": data.get("load_average")}
 

@@ -48,6 +48,12 @@ def test_a_setting_with_options_round_trips_through_its_result_file(tmp_path):
     other = Sweep("s", "corpus4", (Setting("PreLayer", (1e-2,), targets=(), method="prelayer",
                                            options=(("l_p", 4), ("l_i", 2))),), seeds=(0,), steps=2)
     assert _load(path, other)["runs"] == {}  # other options: that setting's runs are not reused
+    wider = Sweep("s", "corpus4", (Setting("PreLayer", (3e-3, 1e-2, 3e-2), targets=(), method="prelayer",
+                                           options=opts),), seeds=(0,), steps=2)
+    assert _load(path, wider)["runs"] == {"PreLayer|0.01|0": {"seconds": 1.0}}  # a grid extended: its runs kept
+    narrower = Sweep("s", "corpus4", (Setting("PreLayer", (3e-2,), targets=(), method="prelayer", options=opts),),
+                     seeds=(0,), steps=2)
+    assert _load(path, narrower)["runs"] == {}  # an lr no longer in the grid: its runs dropped
 
 
 # ---- every method gets evaluations ---------------------------------------------------------------------
