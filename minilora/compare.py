@@ -62,17 +62,19 @@ ENTRIES = (
     Entry("bitfit", (), (3e-3, 1e-2, 3e-2, 1e-1, 3e-1), "biases are few and start small: BitFit (Ben Zaken et "
           "al.) tunes 1e-4..1e-3 on BERT at far more steps; a 100-step probe here still improved at 3e-2, so up to "
           "1e-1; the full run chose 1e-1, its edge, so the grid was extended to 3e-1"),
-    Entry("preembed", PREFIX_OPTIONS, (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0), "virtual embeddings without Li & Liang's "
-          "MLP reparametrisation are a small free tensor; Adam moves each entry by ~lr per step and the embeddings' "
-          "entries are ~0.1-1; a 100-step probe on seed 0 had class NLL 1.58 at 1e-3 and 1.51 at 1e-2, so upwards; "
-          "the full run chose 1e-1, then 3e-1 (by 3e-4 nats: flat), each its grid's edge, so up to 1.0"),
-    Entry("prelayer", PREFIX_OPTIONS, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1), "as PreEmbed, but free activations at "
-          "every block's input; a 6-step run at 1e-2 already put 8 nats on the first answer byte, so one step lower; "
-          "extended to 1e-1 when PreEmbed's full run chose its grid's top, then to 3e-1 when PreLayer's chose 1e-1"),
-    Entry("adapter_h", (("r", 8),), (1e-3, 3e-3, 1e-2, 3e-2), "bottleneck adapters start at the base (zero "
+    Entry("preembed", PREFIX_OPTIONS, (3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0),
+          "virtual embeddings without Li & Liang's MLP reparametrisation are a small free tensor; Adam moves each "
+          "entry by ~lr per step and the embeddings' entries are ~0.1-1; a 100-step probe on seed 0 had class NLL "
+          "1.58 at 1e-3 and 1.51 at 1e-2, so upwards; the full run chose 1e-1, then 3e-1 (by 3e-4 nats: flat), "
+          "then 1.0, each its grid's edge, so up to 3.0"),
+    Entry("prelayer", PREFIX_OPTIONS, (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0),
+          "as PreEmbed, but free activations at every block's input; a 6-step run at 1e-2 already put 8 nats on the "
+          "first answer byte, so one step lower; extended to 1e-1 when PreEmbed's full run chose its grid's top, "
+          "then to 3e-1 and 1.0 as PreLayer's chose each top"),
+    Entry("adapter_h", (("r", 8),), (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "bottleneck adapters start at the base (zero "
           "up-projection) like LoRA; Houlsby et al. use 1e-4..1e-3 on BERT-sized models; ours is small, so up to "
-          "LoRA's 1e-2; the full run chose 1e-2, its edge, so the grid was extended to 3e-2"),
-    Entry("adapter_l", (("r", 8),), (1e-3, 3e-3, 1e-2, 3e-2), "as AdapterH (extended with it)"),
+          "LoRA's 1e-2; the full run chose 1e-2, then 3e-2, each its grid's edge, so up to 1e-1"),
+    Entry("adapter_l", (("r", 8),), (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "as AdapterH (extended with it)"),
     Entry("lora", LORA_OPTIONS, (3e-3, 1e-2, 3e-2), "LoRA's grid of sweeps.py (LORA_LRS), so this row is the corpus4 "
           "sweep's 'wq,wv r=8'"),
     Entry("lora_plus", LORA_OPTIONS + (("ratio", 16.0),), (1e-3, 3e-3, 1e-2), "the lr is A's; B learns 16x faster "
