@@ -143,3 +143,15 @@ def test_committed_runs_of_identical_settings_are_reused_and_only_those():
     assert {k.split("|")[0] for k in data["runs"]} == {"LoRA", "FT"}
     assert reuse_committed(comparison("corpus4", quick=True), {"runs": {}}) == 0  # another budget
     assert reuse_committed(full, data) == 0  # nothing copied twice
+
+
+def test_the_committed_full_comparison_is_complete_and_reads_without_running():
+    from minilora.compare import committed_comparison
+
+    sweep, data = comparison("corpus4"), committed_comparison("corpus4")
+    table = {r["name"]: r for r in rows(sweep, data)}
+    assert sorted(table) == sorted(e.name for e in ENTRIES)
+    for name, r in table.items():
+        assert r["trainable"] == r["paper_count"] == COUNTS[name], name
+        assert len(r["accuracy"]["values"]) == 3 and not r["edge_of_grid"], name  # every grid extended past its pick
+    assert table["lora"]["step_vs_lora"]["median"] == 1.0
