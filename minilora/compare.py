@@ -369,11 +369,56 @@ def markdown(sweep: Sweep, data: dict) -> str:
               f"{', '.join(f'{k}={v}' for k, v in m.get('threads', {}).items() if v) or 'as the library chose'}. "
               "Peak memory: tracemalloc's peak during one step "
               "above what existed before it (arrays the step creates: kept activations, gradients, new moments; "
-              "not the base, the trainable tree or BLAS's buffers). File: methods.save_method of the trainable "
-              f"tree. Training: {data.get('wall_seconds', 0) / 60:.0f} min wall for {len(data['runs']) - reused} runs "
+              "not the base, the trainable tree or BLAS's buffers). File: methods.save_method (the trainable "
+              "tree, and a frozen part the method owns: LoRA-FA's A). "
+              f"Training: {data.get('wall_seconds', 0) / 60:.0f} min wall for {len(data['runs']) - reused} runs "
               f"(and {reused} reused from the committed corpus4 sweep: LoRA, FT), "
               f"load average at the end {', '.join(f'{x:.2f}' for x in data.get('load_average') or [])}."]
+    if not sweep.name.endswith("-quick") and (RESULTS_DIR / f"{sweep.name}-long.json").is_file():
+        try:
+            lines += ["", *plateau_lines(sweep.task)]
+        except (ValueError, FileNotFoundError) as err:  # the committed check is incomplete or out of date
+            lines += ["", f"Plateau check: not shown ({err})."]
     return "\n".join(lines) + "\n"
+
+
+def plateau_lines(task: str = "corpus4") -> list[str]:
+    """The committed plateau check (plateau_check) as Markdown: mean held-out accuracy at every evaluation, and
+    the final metrics, next to the 250-step run's."""
+    from .experiments import committed_results, curves
+
+    long = plateau_check(task)
+    data, short = committed_results(long), committed_comparison(task)["table"]
+    steps = list(range(long.eval_every, long.steps + 1, long.eval_every))
+    out = [f"Plateau check: {long.steps} steps (schedule over {long.steps}) at the lr chosen above, the same 3 seeds "
+           f"(`python -m minilora.compare --plateau`):", "",
+           "| method | lr | accuracy at steps " + ", ".join(map(str, steps)) + " (mean) | accuracy | class NLL | "
+           "250 steps: accuracy | class NLL |", "|---|---|---|---:|---:|---:|---:|"]
+    for s in long.settings:
+        row, seen = data["table"][s.label], curves(data, s.label).values()
+        means = [float(np.mean([c[1][k] for c in seen])) for k in range(len(steps))]
+        before = short[s.label]
+        out.append(f"| {s.label} | {s.lrs[0]:g} | {' → '.join(f'{m:.3f}' for m in means)} | {_pm(row['accuracy'])} | "
+                   f"{_pm(row['class_nll'])} | {_pm(before['accuracy'])} | {_pm(before['class_nll'])} |")
+    return out
+
+
+def main(argv=None) -> int:
+    """python -m minilora.compare --plateau [--task T] [--workers N]: run (or resume) the plateau check into
+    minilora/results/compare-TASK-long.json (the full comparison itself is ``minilora compare``)."""
+    import argparse
+
+    from .experiments import results_path, run_sweep
+
+    p = argparse.ArgumentParser(prog="python -m minilora.compare", description=main.__doc__)
+    p.add_argument("--plateau", action="store_true", required=True, help="run the plateau check")
+    p.add_argument("--task", choices=["corpus4", "docmodule"], default="corpus4")
+    p.add_argument("--workers", type=int, default=1)
+    args = p.parse_args(argv)
+    sweep = plateau_check(args.task)
+    run_sweep(sweep, results_path(sweep.name), workers=args.workers, log=lambda m: print(m, flush=True))
+    print("\n".join(plateau_lines(args.task)))
+    return 0
 
 
 def plot(sweep: Sweep, data: dict, path=None):
@@ -415,3 +460,6 @@ def write_outputs(sweep: Sweep, data: dict, folder) -> dict:
     png = plot(sweep, data, folder / f"{sweep.name}.png")
     return {"md": md, "png": png, "json": folder / f"{sweep.name}.json"}
 
+
+if __name__ == "__main__":
+    raise SystemExit(main())
