@@ -16,8 +16,11 @@ Measured per method, separately from training and on one batch of the task:
   for the backward pass, the gradients, the optimizer's new moments and parameters) and Python objects; not
   counted: the arrays that exist before the step (the base, the trainable tree, the optimizer state) and
   BLAS's own work buffers;
-* the size of the method's saved file (methods.save_method of its trainable tree; a file's size depends only
-  on the tree's shapes, so the starting tree is saved).
+* the size of the method's saved file (methods.save_method: the trainable tree, and a frozen part the method
+  owns, such as LoRA-FA's A; a file's size depends only on the shapes, so the starting tree is saved).
+
+The LoRA and FT settings being the corpus4 sweep's own, their committed runs are reused (reuse_committed).
+The committed run was made with OPENBLAS_NUM_THREADS=1 (recorded with the measurements: cli.THREAD_VARS).
 
 Two sizes from the same code: ``comparison(task)`` (the full run, committed as minilora/results/compare-corpus4.*)
 and ``comparison(task, quick=True)`` (a few steps, one learning rate, two seeds: what the test suite runs).
