@@ -707,6 +707,58 @@ def cmd_tour(args, console):
              progress=console.progress)
 
 
+# ---- compare ---------------------------------------------------------------------------------------------------
+
+def _compare_flags(p):
+    from .compare import ENTRIES
+
+    p.add_argument("--task", choices=["corpus4", "docmodule"], default="corpus4",
+                   help="the downstream task (experiments.TASKS): corpus4 is the corpus sweep's task")
+    p.add_argument("--quick", action="store_true",
+                   help="a check that everything runs: 6 steps, the middle lr of each grid, seeds 0 1 (a minute "
+                        "or two)")
+    p.add_argument("--methods", nargs="+", choices=[e.name for e in ENTRIES], default=None, metavar="METHOD",
+                   help=f"the methods to compare, among {' '.join(e.name for e in ENTRIES)} (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help="seeds; the lr is tuned on the first (default: 0 1 2, or 0 1 with --quick)")
+    p.add_argument("--workers", type=int, default=1, help="training runs in this many parallel processes")
+    p.add_argument("--out", default="compare-output",
+                   help="folder for compare-TASK.md, .png and .json (-quick appended with --quick); the .json keeps "
+                        "every run and is continued when the same comparison is started again")
+    _overwrite_flag(p)
+
+
+@subcommand("compare", "train every fine-tuning method with the same budget and compare them (Tables 1-4 analog)",
+            "Train every method of minilora.methods (FT, FT-top2, BitFit, PreEmbed, PreLayer, AdapterH, AdapterL, "
+            "LoRA, LoRA+, LoRA-FA) on the task from the shipped base with the same budget, a learning-rate grid per "
+            "method tuned on the first seed by class NLL, then the other seeds at the chosen lr; then measure each "
+            "method's training step (time relative to LoRA, interleaved; peak memory) and file size. Writes a "
+            "Markdown table, a plot and the JSON of every run into --out and prints the table. An interrupted "
+            "comparison resumes from its .json.", _compare_flags)
+def cmd_compare(args, console):
+    from .compare import comparison, markdown, run, write_outputs
+    from .experiments import _load
+    from .paths import check_outputs
+
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    sweep = comparison(args.task, quick=args.quick, methods=args.methods, seeds=args.seeds)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out: {out} exists and is not a folder")
+    paths = {f"--out ({suffix})": out / f"{sweep.name}.{suffix}" for suffix in ("json", "md", "png")}
+    resumable = paths["--out (json)"].is_file() and _load(paths["--out (json)"], sweep) is not None
+    check_outputs(paths, overwrite=args.overwrite, may_exist=[paths["--out (json)"]] if resumable else (),
+                  hint="pass --overwrite to replace it (a .json of the same comparison is continued without it)")
+    if resumable:
+        console.note(f"continuing the runs saved in {paths['--out (json)']}")
+    out.mkdir(parents=True, exist_ok=True)
+    data = run(sweep, paths["--out (json)"], workers=args.workers, log=console.note if console.progress else None)
+    written = write_outputs(sweep, data, out)
+    console.out(markdown(sweep, data))
+    console.out(f"wrote {written['md']}, {written['png']} and {written['json']}")
+
+
 # ---- the parser and main -------------------------------------------------------------------------------------
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -45,7 +45,8 @@ def mode() -> str:
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of a table: a LoRA configuration (or full fine-tuning) and its learning-rate grid."""
+    """One row of a table: a LoRA configuration (or full fine-tuning, or any method of minilora.methods) and
+    its learning-rate grid."""
 
     label: str
     lrs: tuple[float, ...]
@@ -56,6 +57,14 @@ class Setting:
     init: str = "kaiming"
     use_rslora: bool = False
     method: str = "lora"
+    """"lora" (this Setting's targets, r, alpha, init, use_rslora), "full" (every parameter), or another name
+    of minilora.methods.METHODS, built with ``options`` (its targets, r, alpha, ... fields are then unused)."""
+    options: tuple = ()
+    """The METHODS method's options as (key, value) pairs (hashable: tuples for sequences); () for its defaults.
+    Left out of ``Sweep.describe`` when empty, so the descriptions of existing result files are unchanged."""
+
+    def method_options(self) -> dict:
+        return dict(self.options)
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,11 @@ class Sweep:
     the adapter itself, such as the size of ΔW, skip the held-out pass)."""
 
     def describe(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))  # tuples become lists, as in the saved file
+        out = asdict(self)
+        for setting in out["settings"]:
+            if not setting["options"]:
+                del setting["options"]  # a setting without options is described as before they existed
+        return json.loads(json.dumps(out))  # tuples become lists, as in the saved file
 
 
 # ---- tasks, built once per process -----------------------------------------------------------------------
@@ -126,8 +139,8 @@ class ClassMetricTask:
         T = int(b.w.nonzero()[1].max()) + 1
         return type(b)(b.x[:, :T], b.y[:, :T], b.w[:, :T])
 
-    def evaluate(self, params, config, lora=None, lora_config=None):
-        return self.inner.evaluate_class(params, config, lora, lora_config) if self.held_out else {}
+    def evaluate(self, params, config, lora=None, lora_config=None, model=None):
+        return self.inner.evaluate_class(params, config, lora, lora_config, model=model) if self.held_out else {}
 
 
 # ---- running ---------------------------------------------------------------------------------------------
@@ -152,6 +165,11 @@ def run_one(sweep: Sweep, setting: Setting, lr: float, seed: int) -> dict:
     try:
         if setting.method == "full":
             res = train(task, params, config, tc, method="full", progress=False)
+        elif setting.method != "lora":
+            from .methods import get_method
+
+            setup = get_method(setting.method).build(params, config, seed=seed, **setting.method_options())
+            res = train(task, params, config, tc, method=setup, progress=False)
         else:
             lc = LoraConfig(r=setting.r, alpha=setting.alpha, targets=setting.targets, init=setting.init,
                             use_rslora=setting.use_rslora)
@@ -184,8 +202,9 @@ def _delta_sizes(params, lora, scale) -> dict:
 
 def _load(path: Path, sweep: Sweep) -> dict | None:
     """The saved results of ``sweep``, or None. A file made for the same budget and task but other settings is
-    reused for the settings the two share, unchanged (so a setting can be added or dropped without re-running
-    the others): its runs of other settings are dropped."""
+    reused for the settings the two share, unchanged but for their learning-rate grid (so a setting can be
+    added or dropped, or its grid extended, without re-running the others): its runs of other settings, and of
+    learning rates no longer in a setting's grid, are dropped."""
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
@@ -196,10 +215,15 @@ def _load(path: Path, sweep: Sweep) -> dict | None:
         {k: v for k, v in new.items() if k not in ("settings", "name")}
     if not same_budget:
         return None
-    kept = {s["label"] for s in old.get("settings", [])} & {s["label"] for s in new["settings"]}
-    kept = {label for label in kept if next(s for s in old["settings"] if s["label"] == label) ==
-            next(s for s in new["settings"] if s["label"] == label)}
-    runs = {k: v for k, v in data["runs"].items() if k.split("|")[0] in kept}
+    old_s = {s["label"]: s for s in old.get("settings", [])}
+    new_s = {s["label"]: s for s in new["settings"]}
+
+    def but_grid(s):
+        return {k: v for k, v in s.items() if k != "lrs"}
+
+    kept = {label: {f"{lr:g}" for lr in new_s[label]["lrs"]} for label in old_s.keys() & new_s.keys()
+            if but_grid(old_s[label]) == but_grid(new_s[label])}  # {label: the lrs of its new grid, as keys}
+    runs = {k: v for k, v in data["runs"].items() if k.split("|")[1] in kept.get(k.split("|")[0], ())}
     return {"sweep": new, "runs": runs, "seconds": sum(r["seconds"] for r in runs.values()),
             "wall_seconds": data.get("wall_seconds", 0.0), "load_average": data.get("load_average")}
 

@@ -138,20 +138,26 @@ class PromptClassTask:
         true = np.array([self.labels.index(lab) for _, lab in examples])  # (n,)
         return x, y, w, answer_at, true
 
-    def _scored_batches(self, params, config, lora, lora_config, split, batch_size):
-        """For each evaluation batch: (logits (b, T, V), its y, w, answer_at, true), padding trimmed."""
+    def _scored_batches(self, params, config, lora, lora_config, split, batch_size, model=None):
+        """For each evaluation batch: (logits (b, T, V), its y, w, answer_at, true), padding trimmed. model: a
+        callable Batch -> logits (b, T, V) used instead of params and lora (a method with hooks)."""
         x, y, w, answer_at, true = self.split(split)
         for s in range(0, len(x), batch_size):
             sl = slice(s, s + batch_size)
             T = int(w[sl].nonzero()[1].max()) + 1  # trim trailing padding: attention is causal, nothing changes
-            logits = forward(params, x[sl, :T], config, lora, lora_config)  # (b, T, V)
+            if model is None:
+                logits = forward(params, x[sl, :T], config, lora, lora_config)  # (b, T, V)
+            else:
+                logits = model(Batch(x[sl, :T], y[sl, :T], w[sl, :T]))  # (b, T, V)
             yield logits, y[sl, :T], w[sl, :T], answer_at[sl], true[sl]
 
-    def evaluate(self, params, config, lora=None, lora_config=None, split: str = "eval", batch_size: int = 64):
-        """{"accuracy": ..., "loss": answer-token loss, "n": examples}."""
+    def evaluate(self, params, config, lora=None, lora_config=None, split: str = "eval", batch_size: int = 64,
+                 model=None):
+        """{"accuracy": ..., "loss": answer-token loss, "n": examples}. model: a callable Batch -> logits
+        (b, T, V) evaluated instead of params and lora (see _scored_batches)."""
         correct, loss_sum, weight_sum, n = 0, 0.0, 0.0, 0
         for logits, y, w, answer_at, true in self._scored_batches(params, config, lora, lora_config, split,
-                                                                  batch_size):
+                                                                  batch_size, model):
             rows, at, cand, yb, wb, label = to_device((np.arange(logits.shape[0]), answer_at, self.first_bytes, y, w,
                                                        true), like=logits)  # on the logits' device
             pred = logits[rows, at][:, cand].argmax(axis=-1)  # (b,): the class of the first answer byte
@@ -163,16 +169,17 @@ class PromptClassTask:
         return {"accuracy": correct / n, "loss": loss_sum / weight_sum, "n": n}
 
     def evaluate_class(self, params, config, lora=None, lora_config=None, split: str = "eval",
-                       batch_size: int = 64):
+                       batch_size: int = 64, model=None):
         """Metrics of the class alone, read from the first answer byte.
 
         accuracy: argmax over the candidates' first bytes; class_nll: -log p(true class) with p renormalised over
         the candidates (chance: ln n_labels); first_byte_nll: -log p(true first byte) over all 256 bytes (mass
-        on bytes that start no label counts against it); loss: the answer-byte loss of ``evaluate``.
+        on bytes that start no label counts against it); loss: the answer-byte loss of ``evaluate``. model: as
+        in ``evaluate``.
         """
         correct, class_nll, byte_nll, loss_sum, weight_sum, n = 0, 0.0, 0.0, 0.0, 0.0, 0
         for logits, y, w, answer_at, true in self._scored_batches(params, config, lora, lora_config, split,
-                                                                  batch_size):
+                                                                  batch_size, model):
             on_device = to_device((np.arange(logits.shape[0]), answer_at, y, w), like=logits)
             first = to_host(logits[on_device[0], on_device[1]]).astype(np.float64)  # (b, V), scored on the host
             yb, wb = on_device[2:]
@@ -267,11 +274,14 @@ class LanguageModelTask:
         x, y = sample_windows(self.train_tokens, batch_size, self.context, np.random.default_rng([seed, step]))
         return Batch(x, y)
 
-    def evaluate(self, params, config, lora=None, lora_config=None, batch_size: int = 32):
+    def evaluate(self, params, config, lora=None, lora_config=None, batch_size: int = 32, model=None):
+        """{"loss": held-out loss}. model: a callable Batch -> logits (b, T, V) used instead of params and lora."""
         losses = []
         for s in range(0, len(self.eval_x), batch_size):
-            logits = forward(params, self.eval_x[s:s + batch_size], config, lora, lora_config)
-            losses.append(float(cross_entropy(logits, to_device(self.eval_y[s:s + batch_size], like=logits))))
+            sl = slice(s, s + batch_size)
+            logits = (forward(params, self.eval_x[sl], config, lora, lora_config) if model is None
+                      else model(Batch(self.eval_x[sl], self.eval_y[sl])))  # (b, T, V)
+            losses.append(float(cross_entropy(logits, to_device(self.eval_y[sl], like=logits))))
         return {"loss": float(np.mean(losses))}
 
 
@@ -319,8 +329,10 @@ class RankShiftTask:
         idx = np.random.default_rng([seed, step]).integers(0, len(self.x), size=batch_size)
         return Batch(self.x[idx], self.p[idx])
 
-    def evaluate(self, params, config, lora=None, lora_config=None):
-        logits = forward(params, self.eval_x, config, lora, lora_config)
+    def evaluate(self, params, config, lora=None, lora_config=None, model=None):
+        """{"kl", "loss"}. model: a callable Batch -> logits (b, T, V) used instead of params and lora."""
+        logits = (forward(params, self.eval_x, config, lora, lora_config) if model is None
+                  else model(Batch(self.eval_x, self.eval_p)))  # (n_eval, T, V)
         ce = float(cross_entropy(logits, to_device(self.eval_p, like=logits)))
         return {"kl": ce - self.eval_entropy, "loss": ce}
 

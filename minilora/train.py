@@ -131,9 +131,10 @@ def train(task, params, config: GPTConfig, train_config: TrainConfig, *, method:
     """Fine-tune on ``task``. method="lora" trains ``lora`` (params frozen); method="full" trains params;
     method=a minilora.methods Setup (METHODS[name].build(params, config, seed, **options)) trains
     setup.trainable with setup.frozen passed untraced, and learning-rate multipliers where the method has them
-    (LoRA+). A Setup's run is evaluated on the task when the method can be written as base parameters and a
-    LoRA adapter (Method.task_model); adapters and prefix tuning are not (the tasks' evaluate takes no hooks),
-    so their ``evals`` stay empty.
+    (LoRA+). A Setup's run is evaluated on the task through the task's evaluate: with base parameters and a
+    LoRA adapter when the method can be written so (Method.task_model), else (adapters, prefix tuning) with
+    ``model=`` a callable Batch -> logits that runs setup.logits; a task whose evaluate takes no ``model``
+    leaves such a run's ``evals`` empty.
 
     checkpoint: path of the training state, saved atomically every ``checkpoint_every`` steps and at the end,
     and only when every value of the parameters, m and v is finite (a good state is never replaced by a bad
@@ -331,11 +332,17 @@ def _saved_history(saved: dict, path) -> list:
 
 def _evaluate(task, params, config, method, trainable, lora_config):
     """The task's metrics for the trained state; None for a method the task cannot run (see train)."""
+    import inspect
+
+    from .backend import to_device
+
     if method == "lora":
         return task.evaluate(params, config, trainable, lora_config)
     if method == "full":
         return task.evaluate(trainable, config)
     if method.method.task_model is None:
-        return None
+        if "model" not in inspect.signature(task.evaluate).parameters:
+            return None
+        return task.evaluate(params, config, model=lambda b: method.logits(trainable, to_device(b, like=params["wte"])))
     base, lora, lcfg = method.method.task_model(trainable, method.frozen, method.options)
     return task.evaluate(base, config, lora, lcfg) if lora is not None else task.evaluate(base, config)

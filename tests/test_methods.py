@@ -134,7 +134,7 @@ def test_evals_run_for_methods_the_task_can_evaluate():
     _, bitfit = run("bitfit", params, steps=4)
     _, adapter = run("adapter_h", params, steps=4)
     assert [e["step"] for e in bitfit.evals] == [4] and bitfit.evals[0]["loss"] > 0
-    assert adapter.evals == []  # the tasks' evaluate takes no hooks (see train's docstring)
+    assert adapter.evals == []  # TinyLMTask's evaluate takes no model= (see train's docstring)
 
 
 def test_a_method_run_resumes_exactly(tmp_path):
