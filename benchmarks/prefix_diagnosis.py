@@ -121,12 +121,87 @@ class FixedSubset:
                 "class_nll": float(-log_q[np.arange(len(true)), true].mean()), "n": len(true)}
 
 
+def answer_attention(task, config, run, columns, n_rows: int = 64) -> list:
+    """Each block's attention of the answer position over the prompt's real tokens, renormalised over them, on
+    the first n_rows held-out examples: a list over blocks of (n, H, T) arrays (zero beyond each row's answer
+    position a). run(batch, record) runs the model with Hooks.project wrapped by ``record`` (which keeps the
+    projections' outputs); columns(batch) -> (B, T): the column of each real token in the sequence run."""
+    from minilora.tasks import Batch
+
+    x, y, w, at, _ = task.inner.split("eval")
+    x, y, w, at = x[:n_rows], y[:n_rows], w[:n_rows], at[:n_rows]
+    T = int(w.nonzero()[1].max()) + 1
+    batch = Batch(x[:, :T], y[:, :T], w[:, :T])
+    seen = {}
+
+    def record(inner):
+        def project(i, name, h, layer):
+            out = inner(i, name, h, layer)
+            if name in ("wq", "wk"):
+                seen[(i, name)] = np.asarray(out, np.float64)  # (B, T', d)
+            return out
+        return project
+
+    run(batch, record)
+    cols, B = columns(batch), len(x)
+    out = []
+    for i in range(config.n_layer):
+        q = seen[(i, "wq")][np.arange(B), cols[np.arange(B), at]].reshape(B, config.n_head, -1)  # (B, H, dh)
+        k = seen[(i, "wk")][np.arange(B)[:, None], cols].reshape(B, T, config.n_head, -1)  # (B, T, H, dh)
+        scores = np.einsum("bhe,bthe->bht", q, k) / np.sqrt(q.shape[-1])  # (B, H, T)
+        scores = np.where(np.arange(T)[None, None] <= at[:, None, None], scores, -np.inf)  # the prompt only
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        out.append(p / p.sum(-1, keepdims=True))
+    return out
+
+
+def attention_change(task, params, config, setup, trainable) -> list:
+    """Per block: the mean (over heads and 64 held-out rows) total-variation distance between the base's and the
+    adapted model's attention of the answer position over the prompt's real tokens, renormalised over them
+    (0: the same pattern, 1: disjoint). Prefix tuning: with l_i = 0 only, so that the answer position is the
+    prompt's last real token, as in the base."""
+    from dataclasses import replace as with_field
+
+    from minilora.methods.virtual import layout
+    from minilora.model import Hooks, frozen_project, transformer
+
+    def base_run(batch, record):
+        transformer(params, batch.x, config, Hooks(project=record(frozen_project)))
+
+    def adapted_run(batch, record):
+        run_params, hooks = setup.model(trainable, batch)
+        transformer(run_params, batch.x, config, with_field(hooks, project=record(hooks.project)))
+
+    def base_columns(batch):
+        return np.broadcast_to(np.arange(batch.x.shape[1]), batch.x.shape)
+
+    def adapted_columns(batch):
+        if "l_p" not in setup.options:
+            return base_columns(batch)
+        src, _ = layout("", batch, setup.options["l_p"], 0, 10**9)
+        return np.stack([np.argsort(s)[:batch.x.shape[1]] for s in src])  # (B, T): where each real token sits
+
+    if setup.options.get("l_i", 0):
+        raise ValueError("--attention: measured with l_i = 0 (the class read at the prompt's last real token)")
+
+    base = answer_attention(task, config, base_run, base_columns)
+    adapted = answer_attention(task, config, adapted_run, adapted_columns)
+    return [float(0.5 * np.abs(a - b).sum(-1).mean()) for a, b in zip(base, adapted, strict=True)]
+
+
 def scores(task, params, config, setup, trainable):
     """{"eval": class metrics, "train": class metrics} of the adapted model (setup None: the base model)."""
     from minilora.tasks import Batch  # noqa: F401  (the model callable receives tasks.Batch values)
 
     model = None if setup is None else (lambda b: setup.logits(trainable, b))
     return {split: task.inner.evaluate_class(params, config, split=split, model=model) for split in ("eval", "train")}
+
+
+def _options(args) -> dict:
+    """The method's options: the comparison's for LoRA, l_p and l_i for prefix tuning."""
+    from minilora.compare import LORA_OPTIONS
+
+    return dict(LORA_OPTIONS) if args.method == "lora" else {"l_p": args.l_p, "l_i": args.l_i}
 
 
 def main(argv=None):
@@ -146,6 +221,8 @@ def main(argv=None):
     p.add_argument("--mlp", action="store_true", help="Li & Liang's MLP reparametrisation")
     p.add_argument("--fit", type=int, default=0, help="train on this many training examples only (drawn with "
                    "seed 0) and report how well they are fitted: a memorisation test")
+    p.add_argument("--attention", action="store_true", help="after training (l_i = 0), how far each block's "
+                   "attention of the answer position over the prompt moved from the base's (total variation)")
     p.add_argument("--out", default=None, help="append the result as one JSON line to this file")
     args = p.parse_args(argv)
 
@@ -153,11 +230,8 @@ def main(argv=None):
     task = get_task("corpus4")
     t0 = time.time()
     if args.fit:
-        from minilora.compare import LORA_OPTIONS
-
         subset = FixedSubset(task, args.fit)
-        options = dict(LORA_OPTIONS) if args.method == "lora" else {"l_p": args.l_p, "l_i": args.l_i}
-        setup = METHODS[args.method].build(params, config, seed=args.seed, **options)
+        setup = METHODS[args.method].build(params, config, seed=args.seed, **_options(args))
         tc = TrainConfig(steps=args.steps, batch_size=8, lr=args.lr, warmup=20, eval_every=0, seed=args.seed)
         res = train(subset, params, config, tc, method=setup, progress=False)
         result = {"what": f"fit {args.fit}", "method": args.method, "lr": args.lr, "steps": args.steps,
@@ -171,7 +245,7 @@ def main(argv=None):
             method = kept_positions(method)
         if args.mlp:
             method = reparametrised(method)
-        setup = method.build(params, config, seed=args.seed, l_p=args.l_p, l_i=args.l_i)
+        setup = method.build(params, config, seed=args.seed, **_options(args))
         trainable = setup.trainable
         if args.lr is not None:
             tc = TrainConfig(steps=args.steps, batch_size=8, lr=args.lr, warmup=20, eval_every=0, seed=args.seed)
@@ -183,6 +257,8 @@ def main(argv=None):
                   "first_train_loss": float(np.mean(loss[:10])) if args.lr else None,
                   "last_train_loss": float(np.mean(loss[-25:])) if args.lr else None,
                   **scores(task, params, config, setup, trainable)}
+        if args.attention:
+            result["attention_tv"] = attention_change(task, params, config, setup, trainable)
     result.update(seconds=time.time() - t0, loadavg=list(os.getloadavg()))
     line = json.dumps(result)
     print(line, flush=True)
