@@ -12,7 +12,7 @@ from conftest import TINY, TinyLMTask
 
 from minilora import GPTConfig, init_params
 from minilora.methods import METHODS, get_method, join, split
-from minilora.model import transformer
+from minilora.model import Hooks, transformer
 from minilora.optim import AdamW
 from minilora.tasks import Batch
 from minilora.train import TrainConfig, train
@@ -220,6 +220,71 @@ def test_the_infix_sits_between_prompt_and_answer(name):
     changed["virtual"][..., :2, :] += 1.0  # the prefix reaches every position
     other = setup.logits(changed, batch)
     assert (logits != other).any(axis=-1).all(), "a position did not see the prefix"
+
+
+def _explicit_sequence(x_row, a, l_p, l_i):
+    """The lengthened row written out as a list: ("v", k) virtual row k, ("x", t) real token t."""
+    T = len(x_row)
+    return ([("v", k) for k in range(l_p)] + [("x", t) for t in range(a + 1)] +
+            [("v", l_p + k) for k in range(l_i)] + [("x", t) for t in range(a + 1, T)])
+
+
+@pytest.mark.parametrize("name", ["preembed", "prelayer"])
+def test_prefix_layout_equals_the_sequence_written_out(name):
+    """The logits equal the frozen transformer run on [prefix][prompt][infix][answer] built by hand, row by row
+    (rows with different prompt lengths), real token t read at its own column and the first answer byte read at
+    the last infix column; position embeddings wpe[j] by column j; PreLayer's rows replace every block's input."""
+    params, l_p, l_i = _tiny3_params(), 2, 3
+    x = (97 + np.random.default_rng(3).integers(0, 8, size=(3, 9))).astype(np.int32)
+    starts = np.array([2, 5, 7])  # each row's first weighted position a (the token before the answer)
+    w = (np.arange(9)[None] >= starts[:, None]).astype(np.float32)
+    setup = METHODS[name].build(params, TINY3, seed=0, l_p=l_p, l_i=l_i)
+    virtual = np.asarray(setup.trainable["virtual"])  # (l, d) PreEmbed, (L, l, d) PreLayer
+    got = setup.logits(setup.trainable, Batch(x, np.roll(x, -1, axis=1), w))
+    for b, a in enumerate(starts):
+        seq = _explicit_sequence(x[b], int(a), l_p, l_i)
+        columns = [j for j, (kind, _) in enumerate(seq) if kind == "v"]
+        rows = [k for kind, k in seq if kind == "v"]
+
+        def embed(tokens, p, seq=seq):
+            first = virtual if virtual.ndim == 2 else virtual[0]
+            e = np.stack([first[k] if kind == "v" else p["wte"][x[b, k]] for kind, k in seq])  # (T', d)
+            return (e + p["wpe"][:len(seq)])[None]  # (1, T', d)
+
+        def enter(i, h, columns=columns, rows=rows):
+            if virtual.ndim == 2:
+                return h
+            h = np.array(h)
+            h[0, columns] = virtual[i][rows]
+            return h
+
+        full = transformer(params, x[b:b + 1], TINY3, Hooks(embed=embed, enter_block=enter))[0]  # (T', V)
+        read = [seq.index(("x", t)) for t in range(9)]
+        read[a] = seq.index(("v", l_p + l_i - 1))  # the first answer byte comes from the last infix position
+        np.testing.assert_allclose(got[b], full[read], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["preembed", "prelayer"])
+def test_prefix_tuning_is_scored_where_it_is_trained(name):
+    """The class metric of evaluation (tasks.evaluate_class, through train's model callable) reads the first
+    answer byte where the training objective puts its loss: its first-byte NLL equals the objective with the
+    weight on each row's first answer byte only."""
+    from test_experiments import TinyClassTask
+
+    from minilora.train import method_objective
+
+    config = dataclasses.replace(TINY3, context=32)
+    params = init_params(config, 0)
+    task = TinyClassTask(context=32)
+    setup = METHODS[name].build(params, config, seed=0, l_p=2, l_i=2)
+    scored = task.evaluate_class(params, config, split="train", model=lambda b: setup.logits(setup.trainable, b))
+    x, y, w, at, _ = task.split("train")
+    T = int(w.nonzero()[1].max()) + 1  # the padding trimmed, as evaluation does
+    x, y = x[:, :T], y[:, :T]
+    first = np.zeros(x.shape, np.float32)
+    first[np.arange(len(x)), at] = 1.0
+    trained = method_objective(setup.trainable, setup.frozen, Batch(x, y, first), config, setup, None)
+    assert scored["first_byte_nll"] == pytest.approx(float(trained), rel=1e-5)
 
 
 def test_prefix_tuning_refuses_an_infix_on_plain_lm_data_and_an_overlong_batch():
