@@ -13,14 +13,14 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_there_are_eight_notebooks():
-    assert len(NOTEBOOKS) == 8, [p.name for p in NOTEBOOKS]
+def test_there_are_nine_notebooks():
+    assert len(NOTEBOOKS) == 9, [p.name for p in NOTEBOOKS]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
     # The reduced mode of every experiment (minilora.experiments): the same code as the committed full runs, on
-    # budgets that keep all eight notebooks to a few minutes. The kernel inherits the environment.
+    # budgets that keep all nine notebooks to a few minutes. The kernel inherits the environment.
     monkeypatch.setenv("MINILORA_MODE", "reduced")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
