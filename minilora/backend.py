@@ -35,6 +35,10 @@ from autograd.numpy.numpy_boxes import ArrayBox
 from autograd.numpy.numpy_vspaces import ArrayVSpace
 from autograd.tracer import getval
 
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+"""The environment variables that set the BLAS libraries' thread counts. Thread counts change the order of BLAS
+reductions, so a bit-exact rerun needs the same settings: the CLI's records and compare's measurements keep them."""
+
 ENV_VAR = "MINILORA_BACKEND"
 BACKENDS = ("numpy", "cupy")
 CUPY_INSTALL = "pip install cupy-cuda12x (CUDA 12) or cupy-cuda13x (CUDA 13), matching the CUDA of your driver"

@@ -22,8 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-# Thread counts change the order of BLAS reductions, so a bit-exact rerun needs the same settings.
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+from .backend import THREAD_VARS  # recorded with every run: a bit-exact rerun needs the same BLAS threads
 
 EXIT_CODES = {
     0: "success",

@@ -20,7 +20,7 @@ Measured per method, separately from training and on one batch of the task:
   owns, such as LoRA-FA's A; a file's size depends only on the shapes, so the starting tree is saved).
 
 The LoRA and FT settings being the corpus4 sweep's own, their committed runs are reused (reuse_committed).
-The committed run was made with OPENBLAS_NUM_THREADS=1 (recorded with the measurements: cli.THREAD_VARS).
+The committed run was made with OPENBLAS_NUM_THREADS=1 (recorded with the measurements: backend.THREAD_VARS).
 
 Two sizes from the same code: ``comparison(task)`` (the full run, committed as minilora/results/compare-corpus4.*)
 and ``comparison(task, quick=True)`` (a few steps, one learning rate, two seeds: what the test suite runs).
@@ -93,7 +93,7 @@ BUDGET = {"steps": 250, "batch_size": 8, "warmup": 20, "eval_every": 84, "seeds"
 """The full run's budget: the corpus4 sweep's (sweeps._group)."""
 QUICK = {"steps": 6, "batch_size": 8, "warmup": 2, "eval_every": 3, "seeds": (0, 1)}
 """The quick run: a few steps at the middle of each grid, two seeds (a smoke test of the whole pipeline)."""
-# The BLAS thread settings (cli.THREAD_VARS) are recorded with the measurements: on the loaded 2-core machine
+# The BLAS thread settings (backend.THREAD_VARS) are recorded with the measurements: on the loaded 2-core machine
 # OPENBLAS_NUM_THREADS=1 made a LoRA training step about 4x faster in wall time (268 ms against 1116 ms at load
 # ~8: BLAS threads spin against other processes), so the full run was made with it.
 TIMING = {"full": {"reps": 20, "max_seconds": 90.0}, "quick": {"reps": 3, "max_seconds": 10.0}}
@@ -212,7 +212,7 @@ def file_bytes(setup) -> int:
 def measure(task: str, names, quick: bool = False, log=None) -> dict:
     """{"methods": {name: {trainable, paper_count, step_ms, step_vs_lora, peak_bytes, file_bytes}}, "load": ...}
     on one batch of ``task`` (seed 0, step 0). LoRA is always timed: it is the reference of the ratios."""
-    from .cli import THREAD_VARS
+    from .backend import THREAD_VARS
     from .experiments import _base, get_task
     from .timing import CpuMonitor, paired_ratio, run_interleaved, stats_ms
 
@@ -429,7 +429,8 @@ def main(argv=None) -> int:
 
 def plot(sweep: Sweep, data: dict, path=None):
     """Class accuracy and class NLL (mean ± std over seeds) against trainable parameters on a log axis, one
-    labelled point per method (as the paper's Figure 2 / Table 4 plots)."""
+    labelled point per method (as the paper's Figure 2 / Table 4 plots). With ``path``: written there (atomically)
+    and the path returned; without: the figure returned, for a notebook to show."""
     import matplotlib.pyplot as plt
 
     from .experiments import get_task
@@ -452,6 +453,8 @@ def plot(sweep: Sweep, data: dict, path=None):
                title=f"{metric} ({better} is better), {len(sweep.seeds)} seeds")
     fig.suptitle(f"Fine-tuning methods on {sweep.task}: {sweep.steps} steps, lr tuned per method")
     fig.tight_layout()
+    if path is None:
+        return fig  # a notebook shows it
     _save(fig, path)
     plt.close(fig)
     return path
