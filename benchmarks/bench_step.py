@@ -497,6 +497,7 @@ def main(argv=None):
                 ta @ tw
 
         contenders[2:2] = [("torch lora", t_lora), ("torch full", t_full)]
+        contenders.append(("torch matmul", t_matmul))
     if args.reference:
         ref = reference_package(args.reference)
         ref_lora, ref_full = minilora_steps(cfg, lcfg, ref)
@@ -506,7 +507,6 @@ def main(argv=None):
                   f"err {_max_rel_err(b_[1], a_[1]):.1e}")
         contenders[2:2] = [("reference lora", lambda: ref_lora(lora, params, batch)),
                            ("reference full", lambda: ref_full(params, batch))]
-        contenders.append(("torch matmul", t_matmul))
 
     t_start = time.perf_counter()
     res = run_interleaved(contenders, args.reps, args.warmup, collect=not args.no_gc_collect,
