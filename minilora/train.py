@@ -66,13 +66,16 @@ def value_and_grad_of_leaves(objective):
     rebuilt inside the trace, so the model still reads params["blocks"][i]["wq"]["W"]; the sums per leaf are the
     same, in the same order (tests/test_train.py checks the equality in float32 and float64)."""
 
-    def of_leaves(values, tree, *rest):
-        return objective(from_leaves(tree, values), *rest)  # ``tree`` (untraced) gives only the structure
+    def of_leaves(values, tree, *rest, **kwargs):
+        return objective(from_leaves(tree, values), *rest, **kwargs)  # ``tree`` (untraced): only the structure
 
-    traced = value_and_grad(of_leaves)
+    traced, traced_as_given = value_and_grad(of_leaves), value_and_grad(objective)
 
-    def value_and_grad_fn(tree, *rest):
-        value, grads = traced(leaves(tree), tree, *rest)
+    def value_and_grad_fn(tree, *rest, **kwargs):
+        values = leaves(tree)
+        if not all(hasattr(v, "shape") for v in values):  # not a tree of arrays: the objective's own checks
+            return traced_as_given(tree, *rest, **kwargs)   # (in forward) then say what is wrong, as before
+        value, grads = traced(values, tree, *rest, **kwargs)
         return value, from_leaves(tree, grads)
 
     value_and_grad_fn.__signature__ = inspect.signature(objective)

@@ -108,6 +108,15 @@ def test_value_and_grad_of_leaves_equals_the_tree_traced_gradients_bit_for_bit(m
     assert type(grads_flat["blocks"]) is list and all(np.any(g != 0) for g in flatten(grads_flat).values())
 
 
+def test_gradient_functions_still_name_a_malformed_tree():
+    """A first argument that is not a tree of arrays is traced as given, so forward's checks say what is wrong."""
+    from minilora.train import lora_value_and_grad
+
+    tokens = np.zeros((2, 5), dtype=np.int64)
+    with pytest.raises(TypeError, match="lora must be a dict"):
+        lora_value_and_grad({"blocks": 3}, tiny_params(0), Batch(tokens, tokens), TINY, LCFG, None)
+
+
 def test_from_leaves_inverts_leaves_and_checks_the_count():
     from minilora.tree import from_leaves, leaves
 
