@@ -8,8 +8,8 @@
 Contenders, timed in one process and interleaved (each repetition runs every contender once, in an order that
 rotates, so machine noise falls on all of them alike):
 
-  minilora lora   autograd.value_and_grad(loss)(lora, params, batch)      gradient wrt A, B only
-  minilora full   autograd.value_and_grad(loss)(params, batch)            gradient wrt every parameter
+  minilora lora   minilora.train.lora_value_and_grad (what train() runs)   gradient wrt A, B only
+  minilora full   minilora.train.full_value_and_grad (what train() runs)   gradient wrt every parameter
   torch lora      loss.backward() with A, B trainable, base frozen         (when torch is importable)
   torch full      loss.backward() with every parameter trainable
   numpy / torch matmul of one representative float32 shape, the machine's GEMM speed in the same run
@@ -108,24 +108,26 @@ def make_problem(args, cfg=None):
 def minilora_steps(cfg, lcfg, package=None):
     """(lora_step(lora, params, batch), full_step(params, batch)): each returns (loss, grads).
 
-    package: the minilora module to step with (default: the imported minilora; see reference_package)."""
-    import autograd
+    These are exactly the gradient functions train() calls each step, minilora.train.lora_value_and_grad and
+    full_value_and_grad, so the benchmark times the library, not a copy of it. package: the minilora module to
+    step with (default: the imported minilora; see reference_package)."""
+    import importlib
 
     import minilora
 
     ml = minilora if package is None else package
     if package is not None:  # that package's own config classes, which its validation expects
         cfg, lcfg = ml.GPTConfig.from_dict(cfg.to_dict()), ml.LoraConfig.from_dict(lcfg.to_dict())
+    train = importlib.import_module(f"{ml.__name__}.train")
+    Batch = importlib.import_module(f"{ml.__name__}.tasks").Batch  # train()'s batches; w = None: all positions
 
-    def lora_loss(lora, params, batch):
-        x, y = batch
-        return ml.ops.cross_entropy(ml.forward(params, x, cfg, lora, lcfg), y)
+    def lora_step(lora, params, batch):
+        return train.lora_value_and_grad(lora, params, Batch(*batch), cfg, lcfg, None)
 
-    def full_loss(params, batch):
-        x, y = batch
-        return ml.ops.cross_entropy(ml.forward(params, x, cfg), y)
+    def full_step(params, batch):
+        return train.full_value_and_grad(params, None, Batch(*batch), cfg, None, None)
 
-    return autograd.value_and_grad(lora_loss), autograd.value_and_grad(full_loss)
+    return lora_step, full_step
 
 
 def reference_package(path):
@@ -495,6 +497,7 @@ def main(argv=None):
                 ta @ tw
 
         contenders[2:2] = [("torch lora", t_lora), ("torch full", t_full)]
+        contenders.append(("torch matmul", t_matmul))
     if args.reference:
         ref = reference_package(args.reference)
         ref_lora, ref_full = minilora_steps(cfg, lcfg, ref)
@@ -504,7 +507,6 @@ def main(argv=None):
                   f"err {_max_rel_err(b_[1], a_[1]):.1e}")
         contenders[2:2] = [("reference lora", lambda: ref_lora(lora, params, batch)),
                            ("reference full", lambda: ref_full(params, batch))]
-        contenders.append(("torch matmul", t_matmul))
 
     t_start = time.perf_counter()
     res = run_interleaved(contenders, args.reps, args.warmup, collect=not args.no_gc_collect,

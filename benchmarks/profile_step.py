@@ -5,6 +5,7 @@
     python benchmarks/profile_step.py --threads 1      # one BLAS thread, minilora's element-wise pool off
     python benchmarks/profile_step.py --mode full      # full fine-tuning
     python benchmarks/profile_step.py --reference ../minilora-old   # before/after, the two interleaved
+    python benchmarks/profile_step.py --containers --clock cpu      # autograd's tree bookkeeping alone
 
 How: one step is traced once with autograd, and every node autograd records (the function, its arguments, its
 VJP closure) is kept. Each repetition then replays the recorded forwards in their original order and the VJP
@@ -131,6 +132,36 @@ def print_table(result):
         print(row)
 
 
+def container_costs(trees, reps, clock):
+    """autograd's bookkeeping of a parameter tree alone: value_and_grad of an objective that only reads every
+    leaf through its path (as the model does) and sums it, traced as the nested tree and as the flat list of
+    leaves (train.value_and_grad_of_leaves). Returns {name: (leaves, tree ms, flat ms)}, medians, interleaved."""
+    import autograd.numpy as anp
+    from autograd import value_and_grad
+
+    from minilora.train import value_and_grad_of_leaves
+    from minilora.tree import leaves
+
+    def read_all(node):  # every leaf through its path; works on autograd's boxes of dicts and lists too
+        if hasattr(node, "keys"):
+            return sum(read_all(node[k]) for k in node.keys())
+        if isinstance(node, (list, tuple)) or type(node).__name__ == "SequenceBox":
+            return sum(read_all(node[i]) for i in range(len(node)))
+        return anp.sum(node)
+
+    out = {}
+    for name, tree in trees.items():
+        ways = {"tree": value_and_grad(read_all), "flat": value_and_grad_of_leaves(read_all)}
+        times = {k: [] for k in ways}
+        for rep in range(reps):
+            for k in (("tree", "flat") if rep % 2 else ("flat", "tree")):
+                t0 = clock()
+                ways[k](tree)
+                times[k].append(clock() - t0)
+        out[name] = (len(leaves(tree)), *(float(np.median(times[k])) * 1e3 for k in ("tree", "flat")))
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=("lora", "full"), default="lora")
@@ -149,6 +180,9 @@ def main(argv=None):
                         "to other processes with --threads 1, but it counts spinning BLAS threads)")
     p.add_argument("--reference", metavar="PATH",
                    help="also profile another checkout's minilora (PATH/minilora), interleaved: before/after")
+    p.add_argument("--containers", action="store_true",
+                   help="instead: autograd's bookkeeping of the parameter trees alone, traced as the nested tree "
+                        "and as the flat list of leaves (train.value_and_grad_of_leaves)")
     args = p.parse_args(argv)
 
     from minilora import backend
@@ -157,6 +191,16 @@ def main(argv=None):
     set_blas_threads(args.threads)
     backend.set_threads(args.threads)
     cfg, lcfg, params, lora, batch = make_problem(args)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.containers:
+        load = os.getloadavg()
+        print(f"autograd's bookkeeping of the trees alone ({args.clock} ms, median of {args.reps * 4}, interleaved; "
+              f"load {load[0]:.2f}):")
+        for name, (n, tree_ms, flat_ms) in container_costs({"params (full)": params, "adapter (LoRA)": lora},
+                                                           args.reps * 4, clock).items():
+            print(f"  {name:15s} {n:3d} leaves: traced as the tree {tree_ms:6.2f}, as the flat list {flat_ms:6.2f}, "
+                  f"difference {tree_ms - flat_ms:5.2f}")
+        return 0
     packages = {"this checkout": None}
     if args.reference:
         packages["reference"] = reference_package(args.reference)
@@ -166,7 +210,6 @@ def main(argv=None):
             package.backend.set_threads(args.threads)
         ml_lora, ml_full = minilora_steps(cfg, lcfg, package)
         versions[label] = (ml_lora, (lora, params, batch)) if args.mode == "lora" else (ml_full, (params, batch))
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
     result = profile(versions, args.reps, clock)
 
     load = os.getloadavg()

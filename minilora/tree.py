@@ -23,6 +23,21 @@ def map_leaves(fn, tree, *others, collect=False):
     return out if collect else result
 
 
+def leaves(tree) -> list:
+    """The tree's array leaves as one flat list, in map_leaves' (and flatten's) order."""
+    return map_leaves(lambda leaf: leaf, tree, collect=True)
+
+
+def from_leaves(template, values):
+    """The inverse of ``leaves``: a tree of ``template``'s structure whose leaves are ``values``, in order
+    (``template``'s own leaves are not read). ``values`` may be one autograd box of a list: it is indexed."""
+    n = len(leaves(template))
+    if len(values) != n:
+        raise ValueError(f"from_leaves: the template has {n} leaves but {len(values)} values were given")
+    position = iter(range(n))
+    return map_leaves(lambda _: values[next(position)], template)
+
+
 def plain(tree):
     """The tree with every autograd box removed, at any depth (for checks on shapes, never for arithmetic).
 

@@ -78,6 +78,57 @@ def test_full_finetuning_changes_every_array_and_reduces_loss(tiny_task):
     assert res.opt_state["step"] == 30
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_value_and_grad_of_leaves_equals_the_tree_traced_gradients_bit_for_bit(mode, dtype):
+    """train's gradient functions trace a flat list of the leaves (fewer zero trees): the loss and every gradient
+    must be exactly those of value_and_grad(objective), which traces the nested tree."""
+    from autograd import value_and_grad
+
+    from minilora.train import full_objective, full_value_and_grad, lora_objective, lora_value_and_grad
+
+    params = tiny_params(3, dtype=dtype)
+    tokens = np.random.default_rng(4).integers(0, TINY.vocab_size, size=(3, 9))
+    weights = np.random.default_rng(5).random((3, 8)).astype(dtype)
+    batch = Batch(tokens[:, :-1], tokens[:, 1:], weights)
+    if mode == "lora":
+        lcfg = LoraConfig(r=4, alpha=8.0, targets=("wq", "wk", "wv", "wo", "mlp_in", "mlp_out"), dropout=0.25)
+        lora = init_lora(TINY, lcfg, 6, dtype=dtype)
+        lora = map_leaves(lambda a: a + np.asarray(0.1, dtype), lora)  # B != 0: every gradient flows
+        args = (lora, params, batch, TINY, lcfg, np.random.default_rng(7))
+        again = (lora, params, batch, TINY, lcfg, np.random.default_rng(7))  # the same dropout masks
+        tree_traced, flat_traced = value_and_grad(lora_objective), lora_value_and_grad
+    else:
+        args = again = (params, None, batch, TINY, None, None)
+        tree_traced, flat_traced = value_and_grad(full_objective), full_value_and_grad
+    loss_tree, grads_tree = tree_traced(*args)
+    loss_flat, grads_flat = flat_traced(*again)
+    assert np.asarray(loss_flat).dtype == dtype and np.asarray(loss_flat).tobytes() == np.asarray(loss_tree).tobytes()
+    assert bitwise_equal(grads_flat, grads_tree)
+    assert type(grads_flat["blocks"]) is list and all(np.any(g != 0) for g in flatten(grads_flat).values())
+
+
+def test_gradient_functions_still_name_a_malformed_tree():
+    """A first argument that is not a tree of arrays is traced as given, so forward's checks say what is wrong."""
+    from minilora.train import lora_value_and_grad
+
+    tokens = np.zeros((2, 5), dtype=np.int64)
+    with pytest.raises(TypeError, match="lora must be a dict"):
+        lora_value_and_grad({"blocks": 3}, tiny_params(0), Batch(tokens, tokens), TINY, LCFG, None)
+
+
+def test_from_leaves_inverts_leaves_and_checks_the_count():
+    from minilora.tree import from_leaves, leaves
+
+    params = tiny_params(0)
+    values = leaves(params)
+    assert [id(v) for v in values] == [id(v) for v in flatten(params).values()]  # flatten's order
+    rebuilt = from_leaves(params, [v * 2 for v in values])
+    assert bitwise_equal(rebuilt, map_leaves(lambda v: v * 2, params))
+    with pytest.raises(ValueError, match="leaves"):
+        from_leaves(params, values[:-1])
+
+
 def test_train_rejects_bad_arguments(tiny_task):
     with pytest.raises(ValueError, match="method"):
         train(tiny_task, tiny_params(), TINY, tc(), method="qlora", progress=False)
