@@ -3,7 +3,7 @@
 LoRA, AdapterL, AdapterH and PreLayer on one base, timed interleaved, as paired ratios to the base.
 
     python benchmarks/latency.py --quick                  # < 30 s: batch 1 and 8, T 32
-    nice -n 10 python benchmarks/latency.py               # batch 1 and 32, T 64; JSON and plot in benchmarks/out/
+    nice -n 10 python benchmarks/latency.py               # batch 1 and 32, T 64; JSON, plot: minilora/results/
     nice -n 10 python benchmarks/latency.py --threads 1 --clock cpu
 
 What is timed (minilora/latency.py): the plain NumPy forward (model.transformer on untraced arrays) of each
@@ -56,8 +56,9 @@ def parse_args(argv=None):
                         "between the models, are timed too)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="which ratio the plot and the summary show (the table and the JSON hold both)")
-    p.add_argument("--json", metavar="PATH", help="where to write the results (default benchmarks/out/latency.json, "
-                                                  "latency_quick.json with --quick)")
+    p.add_argument("--json", metavar="PATH",
+                   help="where to write the results (default minilora/results/latency.json, the committed run "
+                        "that notebook 09 reads; benchmarks/out/latency_quick.json with --quick)")
     p.add_argument("--plot", metavar="PATH", help="where to write the plot (default: the JSON's path, .png)")
     args = p.parse_args(argv)
     quick = args.quick
@@ -66,7 +67,7 @@ def parse_args(argv=None):
     args.reps = args.reps or (15 if quick else 400)
     args.max_seconds = args.max_seconds or (6.0 if quick else 120.0)
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
-    args.json = args.json or os.path.join(out, "latency_quick.json" if quick else "latency.json")
+    args.json = args.json or (os.path.join(out, "latency_quick.json") if quick else str(latency.DEFAULT_RESULTS))
     args.plot = args.plot or os.path.splitext(args.json)[0] + ".png"
     return args
 

@@ -3,7 +3,7 @@
 in the batch, for the four strategies of ``minilora.forward_mixed`` and the base model without adapters.
 
     python benchmarks/serving_lab.py --quick            # < 1 minute: a small model, 3 adapter counts
-    nice -n 10 python benchmarks/serving_lab.py         # the full table, plot and JSON (benchmarks/out/)
+    nice -n 10 python benchmarks/serving_lab.py         # the full table, plot and JSON: minilora/results/
 
 Strategies (minilora/mixed.py): loop (PEFT: gather each adapter's rows, its two small GEMMs, scatter back),
 gather (Punica/S-LoRA BGMV: every row gathers its rank-padded A and B from one stack), sgmv (rows sorted by
@@ -56,8 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--clock", choices=("cpu", "wall"),
                    help="what the table times: process CPU time (default with --threads 1) or wall time; the "
                         "JSON holds both")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"),
-                   help="folder for serving_lab.json and serving_lab.png")
+    p.add_argument("--out", help="folder for serving_lab.json, .png and .txt (default: minilora/results/, the "
+                               "committed run that notebook 09 reads; benchmarks/out/ with --quick)")
     args = p.parse_args(argv)
     quick = {"distinct": [1, 8, 64], "seq": 16, "reps": 3, "max_seconds": 4.0}
     full = {"distinct": [1, 2, 4, 8, 16, 32, 64], "seq": 32, "reps": 15, "max_seconds": 20.0}
@@ -66,6 +66,11 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if args.clock is None:
         args.clock = "cpu" if args.threads == 1 else "wall"
+    if args.out is None:
+        from minilora.experiments import RESULTS_DIR
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        args.out = os.path.join(here, "out") if args.quick else str(RESULTS_DIR)
     if max(args.distinct) > args.rows:
         p.error(f"--distinct {max(args.distinct)} needs at least that many --rows, got {args.rows}")
     return args

@@ -25,7 +25,7 @@ To explain the overhead with measurements rather than words, it also reports per
     results = measure(models, config, batches=(1, 32), T=64)
     print(table(results))
     results = quick()                               # a reduced setting for a notebook (< 30 s)
-    results = load_results()                        # the committed full run (benchmarks/out/latency.json)
+    results = load_results()                        # the committed full run (minilora/results/latency.json)
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ PAPER_TABLE1 = {
 }
 """The paper's ratios to FT/LoRA (merged LoRA = FT: no added latency)."""
 
-DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "out" / "latency.json"
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "latency.json"
+"""The committed full run: package data (minilora/results/), so notebooks find it from a checkout and when installed."""
 AGREE_TOL = 1e-4
 """Merged vs unmerged LoRA logits: max |difference| / max(1, max |logits|) allowed (float32 rounding)."""
 
@@ -345,7 +346,7 @@ def quick(seed: int = 0) -> dict:
 
 
 def load_results(path=None) -> dict:
-    """The committed full run (benchmarks/out/latency.json, written by benchmarks/latency.py), or ``path``."""
+    """The committed full run (minilora/results/latency.json, written by benchmarks/latency.py), or ``path``."""
     path = Path(DEFAULT_RESULTS if path is None else path)
     if not path.is_file():
         raise FileNotFoundError(f"no latency results at {path}; run `python benchmarks/latency.py` to make them")
