@@ -17,7 +17,7 @@ import numpy as np
 from .backend import to_device
 from .config import GPTConfig, boolean, check_fields, choice, real_number, whole_number
 from .ops import linear, lora_delta
-from .tree import map_leaves
+from .tree import leaves
 
 TARGETS = ("wq", "wk", "wv", "wo", "mlp_in", "mlp_out")
 INITS = ("gaussian", "kaiming")
@@ -225,10 +225,7 @@ def unmerge(params: dict, lora: dict, lora_config: LoraConfig) -> dict:
 
 def count_params(tree) -> int:
     """Number of scalars in a tree of arrays (dicts, lists, tuples)."""
-    total = 0
-    for leaf in map_leaves(lambda a: a, tree, collect=True):
-        total += int(np.prod(np.shape(leaf)))
-    return total
+    return sum(int(np.prod(np.shape(leaf))) for leaf in leaves(tree))
 
 
 def paper_param_count(n_adapted_matrices: int, d_model: int, r: int) -> int:

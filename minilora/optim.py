@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import real_number
-from .tree import map_leaves
+from .tree import leaves, map_leaves
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float = 0.
 
 def global_norm(grads) -> float:
     """The L2 norm of every gradient leaf together, sqrt(Σ ‖g‖²), as a Python float."""
-    return math.sqrt(sum(float(np.vdot(g, g)) for g in map_leaves(lambda a: a, grads, collect=True)))
+    return math.sqrt(sum(float(np.vdot(g, g)) for g in leaves(grads)))
 
 
 def clip_by_global_norm(grads, max_norm: float):

@@ -368,8 +368,6 @@ def _saved_history(saved: dict, path) -> list:
 
 def _evaluate(task, params, config, method, trainable, lora_config):
     """The task's metrics for the trained state; None for a method the task cannot run (see train)."""
-    import inspect
-
     from .backend import to_device
 
     if method == "lora":
